@@ -1,0 +1,151 @@
+"""The model-package manifest: everything the runtime needs to run a network.
+
+A package is a folder ``NAME.tpem/`` holding ``manifest.json``, ``model.onnx``,
+optionally ``model.pt`` (PyTorch weights) and ``engines/`` (TensorRT plans
+cached per machine). The manifest is plain JSON; these dataclasses give it types
+and checks. No torch here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tpem_seg.errors import PackageError
+from tpem_seg.models.registry import UNETRConfig
+
+FORMAT_VERSION = 1
+NORMALIZATION_MODES = ("percentile", "range", "none")
+
+
+@dataclass(frozen=True)
+class NormalizationSpec:
+    """Per-channel intensity normalisation, computed over the whole volume.
+
+    - ``percentile``: the ``percentiles`` (low, high) of each channel, estimated
+      from a sample of the volume, map to 0 and 1.
+    - ``range``: the fixed intensities ``range`` (low, high) map to 0 and 1.
+    - ``none``: values pass through as float32.
+    With ``clip``, normalised values are clipped to [0, 1] (not for ``none``).
+    """
+
+    mode: str = "percentile"
+    percentiles: tuple[float, float] = (1.0, 99.8)
+    range: tuple[float, float] = (0.0, 1.0)
+    clip: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in NORMALIZATION_MODES:
+            raise PackageError(f"normalization mode {self.mode!r} unknown; use one of {NORMALIZATION_MODES}")
+        object.__setattr__(self, "percentiles", tuple(float(p) for p in self.percentiles))
+        object.__setattr__(self, "range", tuple(float(r) for r in self.range))
+        lo, hi = self.percentiles
+        if not 0.0 <= lo < hi <= 100.0:
+            raise PackageError(f"percentiles {self.percentiles} must satisfy 0 <= low < high <= 100")
+        if not self.range[0] < self.range[1]:
+            raise PackageError(f"intensity range {self.range} must have low < high")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "percentiles": list(self.percentiles), "range": list(self.range),
+                "clip": self.clip}
+
+
+@dataclass
+class Manifest:
+    """Typed view of ``manifest.json``."""
+
+    name: str
+    config: UNETRConfig
+    channels: list[str]
+    classes: list[str]
+    version: str = "0.1.0"
+    description: str = ""
+    architecture: str = "unetr"
+    spacing: tuple[float, float, float] | None = None
+    normalization: NormalizationSpec = field(default_factory=NormalizationSpec)
+    activation: str = "softmax"
+    onnx_file: str = "model.onnx"
+    onnx_opset: int = 17
+    weights_file: str | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    parity: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if len(self.channels) != self.config.in_channels:
+            raise PackageError(f"manifest names {len(self.channels)} channels but the network takes "
+                               f"{self.config.in_channels}")
+        if len(self.classes) != self.config.out_channels:
+            raise PackageError(f"manifest names {len(self.classes)} classes but the network gives "
+                               f"{self.config.out_channels}")
+        if self.activation not in ("softmax", "sigmoid"):
+            raise PackageError(f"output activation {self.activation!r} unknown; use softmax or sigmoid")
+        if self.spacing is not None:
+            self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
+
+    @property
+    def tile(self) -> tuple[int, int, int]:
+        return self.config.tile
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "architecture": self.architecture,
+            "config": self.config.to_dict(),
+            "input": {
+                "channels": list(self.channels),
+                "tile": list(self.config.tile),
+                "spacing": list(self.spacing) if self.spacing else None,
+                "normalization": self.normalization.to_dict(),
+            },
+            "output": {"classes": list(self.classes), "activation": self.activation},
+            "onnx": {"file": self.onnx_file, "opset": self.onnx_opset, "input_name": "input",
+                     "output_name": "logits"},
+            "weights": self.weights_file,
+            "files": dict(self.files),
+            "provenance": self.provenance,
+            "metrics": self.metrics,
+            "parity": self.parity,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Manifest":
+        try:
+            if d.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+                raise PackageError(f"package format {d['format_version']} is newer than this tpem-seg reads "
+                                   f"({FORMAT_VERSION}); upgrade tpem-seg")
+            inp, out, onnx = d["input"], d["output"], d.get("onnx", {})
+            return cls(
+                name=d["name"],
+                version=d.get("version", "0.1.0"),
+                description=d.get("description", ""),
+                architecture=d.get("architecture", "unetr"),
+                config=UNETRConfig.from_dict(d["config"]),
+                channels=list(inp["channels"]),
+                spacing=tuple(inp["spacing"]) if inp.get("spacing") else None,
+                normalization=NormalizationSpec(**inp.get("normalization", {})),
+                classes=list(out["classes"]),
+                activation=out.get("activation", "softmax"),
+                onnx_file=onnx.get("file", "model.onnx"),
+                onnx_opset=int(onnx.get("opset", 17)),
+                weights_file=d.get("weights"),
+                files=dict(d.get("files", {})),
+                provenance=d.get("provenance", {}),
+                metrics=d.get("metrics", {}),
+                parity=d.get("parity", {}),
+                format_version=int(d.get("format_version", FORMAT_VERSION)),
+            )
+        except PackageError:
+            raise
+        except (KeyError, TypeError, ValueError) as err:
+            raise PackageError(f"manifest is malformed ({type(err).__name__}: {err}); re-export the package "
+                               f"with `tpem-seg export`") from err

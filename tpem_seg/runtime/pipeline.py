@@ -1,0 +1,180 @@
+"""The streaming data path: read and normalise tiles ahead, write slabs behind.
+
+Data flows one way: volume -> normalised z-slab -> tile batches -> backend ->
+stitcher -> finished slabs -> writer. Reading runs in a prefetch thread and
+writing in a writer thread, so the backend never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+
+import numpy as np
+
+from tpem_seg.runtime.normalize import Normalizer
+from tpem_seg.runtime.tiling import pad_widths, scan_starts
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_DONE = object()
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Where the tiles go over a volume of spatial ``shape`` (Z, Y, X).
+
+    ``padded`` is ``shape`` zero-padded up to the tile where thinner (``pads``
+    gives (before, after) per axis); all tile origins are in padded coordinates.
+    """
+
+    shape: tuple[int, int, int]
+    tile: tuple[int, int, int]
+    pads: tuple[tuple[int, int], ...]
+    z_starts: tuple[int, ...]
+    yx_origins: tuple[tuple[int, int], ...]
+
+    @property
+    def padded(self) -> tuple[int, int, int]:
+        return tuple(s + a + b for s, (a, b) in zip(self.shape, self.pads))  # type: ignore[return-value]
+
+    @property
+    def n_tiles(self) -> int:
+        return len(self.z_starts) * len(self.yx_origins)
+
+
+def make_plan(shape: Sequence[int], tile: Sequence[int], overlap: float) -> TilePlan:
+    shape = tuple(int(s) for s in shape)
+    tile = tuple(int(t) for t in tile)
+    pads = tuple(pad_widths(shape, tile))
+    padded = [s + a + b for s, (a, b) in zip(shape, pads)]
+    ys, xs = (scan_starts(padded[i], tile[i], overlap) for i in (1, 2))
+    return TilePlan(shape, tile, pads, tuple(scan_starts(padded[0], tile[0], overlap)),
+                    tuple((y, x) for y in ys for x in xs))
+
+
+@dataclass
+class TileBatch:
+    """Normalised tiles ``(N, C, D, H, W)`` float32 and their padded-grid origins (z, y, x)."""
+
+    tiles: np.ndarray
+    origins: list[tuple[int, int, int]]
+
+
+@dataclass
+class RowDone:
+    """All tiles starting at the previous z are sent; planes before ``next_z`` are final."""
+
+    next_z: int
+
+
+def read_padded_slab(volume, plan: TilePlan, z: int, normalizer: Normalizer,
+                     channels: Sequence[int] | None) -> np.ndarray:
+    """Normalised slab ``(C, tile_z, Yp, Xp)`` float32 for padded planes ``[z, z + tile_z)``.
+
+    Padding voxels are zero after normalisation (as MONAI pads its input).
+    """
+    (pz, _), (py, _), (px, _) = plan.pads
+    z0, z1 = max(z - pz, 0), min(z - pz + plan.tile[0], plan.shape[0])
+    block = normalizer(volume.read_czyx(z0, z1, channels))
+    slab = np.zeros((block.shape[0], plan.tile[0], *plan.padded[1:]), dtype=np.float32)
+    dz = z0 - (z - pz)
+    slab[:, dz:dz + block.shape[1], py:py + plan.shape[1], px:px + plan.shape[2]] = block
+    return slab
+
+
+def iter_tiles(volume, plan: TilePlan, normalizer: Normalizer, channels: Sequence[int] | None,
+               batch_size: int) -> Iterator[TileBatch | RowDone]:
+    """Batches of tiles row by row, each row followed by a :class:`RowDone`."""
+    d, h, w = plan.tile
+    for i, z in enumerate(plan.z_starts):
+        slab = read_padded_slab(volume, plan, z, normalizer, channels)
+        for start in range(0, len(plan.yx_origins), batch_size):
+            origins = plan.yx_origins[start:start + batch_size]
+            tiles = np.stack([slab[:, :, y:y + h, x:x + w] for y, x in origins])
+            yield TileBatch(tiles, [(z, y, x) for y, x in origins])
+        next_z = plan.z_starts[i + 1] if i + 1 < len(plan.z_starts) else plan.padded[0]
+        yield RowDone(next_z)
+
+
+def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Iterate ``items`` in a background thread, up to ``depth`` items ahead.
+
+    An exception in the producer is re-raised in the consumer; closing the
+    consumer early (break, exception, Ctrl-C) stops the producer.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                _put(q, item, stop)
+            _put(q, _DONE, stop)
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            _put(q, err, stop)
+
+    thread = threading.Thread(target=produce, name="tpem-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+class BackgroundWriter:
+    """Calls ``write(block)`` for each submitted block in a writer thread, in order."""
+
+    def __init__(self, write: Callable[[np.ndarray], None], depth: int = 2):
+        self._write = write
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="tpem-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            block = self._queue.get()
+            if block is _DONE:
+                return
+            if self._error is None:
+                try:
+                    self._write(block)
+                except BaseException as err:  # re-raised in the submitting thread
+                    self._error = err
+
+    def submit(self, block: np.ndarray) -> None:
+        self._raise_pending()
+        self._queue.put(block)
+
+    def close(self) -> None:
+        """Wait for all writes; re-raise the first write error."""
+        self._queue.put(_DONE)
+        self._thread.join()
+        self._raise_pending()
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            raise self._error
