@@ -1,0 +1,129 @@
+"""Opening zarr arrays and OME-Zarr images (level 0 of the multiscale pyramid) lazily."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+from tpem_seg.errors import InputError
+from tpem_seg.io._meta import VOXEL_SIZE_KEY, RawVolume, Spacing, um_per_unit, valid_spacing
+
+logger = logging.getLogger(__name__)
+
+#: Files that mark a folder as a zarr store (zarr v2 array/group, zarr v3 node).
+ZARR_MARKERS = (".zarray", ".zgroup", "zarr.json")
+
+
+def is_zarr_folder(path: Path) -> bool:
+    """True when ``path`` is a folder holding a zarr array or group."""
+    return path.is_dir() and any((path / marker).is_file() for marker in ZARR_MARKERS)
+
+
+def open_zarr(path: Path) -> RawVolume:
+    """Open a zarr array, or the level-0 array of an OME-Zarr image, without reading it.
+
+    Raises:
+        InputError: not a zarr store, or a group without OME-Zarr ``multiscales``.
+    """
+    import zarr  # heavy import, only for zarr inputs
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(
+            f"{path} is not a readable zarr store ({type(err).__name__}: {err}); "
+            "pass a .zarr folder holding an array or an OME-Zarr image"
+        ) from err
+    attrs = dict(node.attrs)
+    if hasattr(node, "shape"):
+        return _plain_array(node, attrs)
+    multiscales = _multiscales(attrs)
+    if not multiscales:
+        arrays = sorted(name for name, _ in node.arrays())
+        hint = f"(e.g. {path / arrays[0]})" if arrays else "(it holds none)"
+        raise InputError(f"{path} is a zarr group without OME-Zarr multiscales metadata; "
+                         f"pass the path of the array inside it {hint}")
+    try:
+        return _ome_zarr(path, node, multiscales[0], attrs)
+    except (KeyError, IndexError, TypeError, ValueError) as err:
+        raise InputError(f"{path} has malformed OME-Zarr metadata ({type(err).__name__}: {err}); "
+                         f"pass the path of its level-0 array instead (e.g. {path}/0)") from err
+
+
+def _multiscales(attrs: Mapping[str, Any]) -> list[dict]:
+    """OME-Zarr ``multiscales``: top level up to NGFF 0.4, under ``ome`` from 0.5 (zarr v3)."""
+    ome = attrs.get("ome")
+    if isinstance(ome, Mapping) and "multiscales" in ome:
+        return list(ome["multiscales"])
+    return list(attrs.get("multiscales") or [])
+
+
+def _plain_array(array: Any, attrs: Mapping[str, Any]) -> RawVolume:
+    """A bare zarr array: axes from ``axes`` or xarray's ``_ARRAY_DIMENSIONS`` attributes."""
+    axes = attrs.get("axes") or attrs.get("_ARRAY_DIMENSIONS")
+    if isinstance(axes, (list, tuple)):
+        axes = "".join(_axis_letter(name) for name in axes)
+    names = attrs.get("channel_names") or []
+    return RawVolume(data=array, axes=axes if isinstance(axes, str) else None,
+                     spacing=valid_spacing(attrs.get(VOXEL_SIZE_KEY)), channel_names=[str(n) for n in names])
+
+
+def _axis_letter(name: Any) -> str:
+    """OME-Zarr axis name (``"c"``, ``"z"``, ``"t"``...) as a letter; unknown names become ``Q``."""
+    if isinstance(name, Mapping):
+        name = name.get("name", "")
+    name = str(name).strip().upper()
+    return name if len(name) == 1 and name in "TCZYX" else "Q"
+
+
+def _scale(transforms: Any) -> list[float] | None:
+    for transform in transforms or []:
+        if transform.get("type") == "scale":
+            return [float(s) for s in transform["scale"]]
+    return None
+
+
+def _ome_zarr(path: Path, group: Any, multiscale: Mapping[str, Any], attrs: Mapping[str, Any]) -> RawVolume:
+    dataset = multiscale["datasets"][0]
+    try:
+        array = group[dataset["path"]]
+    except KeyError as err:
+        raise InputError(f"{path}: OME-Zarr level 0 ({dataset['path']!r}) is missing; "
+                         "the image was not written completely, write it again") from err
+    # NGFF 0.1/0.2 name no axes: they are always TCZYX.
+    axes_meta = multiscale.get("axes") or list("tczyx")[-array.ndim:]
+    axes = "".join(_axis_letter(a) for a in axes_meta)
+    spacing = _ome_zarr_spacing(path, axes_meta, axes, dataset, multiscale)
+    return RawVolume(data=array, axes=axes, spacing=spacing, channel_names=_channel_names(attrs))
+
+
+def _ome_zarr_spacing(path: Path, axes_meta: list, axes: str, dataset: Mapping[str, Any],
+                      multiscale: Mapping[str, Any]) -> Spacing | None:
+    """Voxel size ``(z, y, x)`` µm of level 0: its scale times the multiscale-wide scale."""
+    scale = _scale(dataset.get("coordinateTransformations"))
+    if scale is None or any(a not in axes for a in "ZYX"):
+        return None
+    common = _scale(multiscale.get("coordinateTransformations"))
+    if common is not None:
+        scale = [s * c for s, c in zip(scale, common)]
+    units = [a.get("unit") if isinstance(a, Mapping) else None for a in axes_meta]
+    sizes = []
+    for letter in "ZYX":
+        i = axes.index(letter)
+        factor = um_per_unit(units[i])
+        if factor is None and units[i] is None:
+            if all(scale[axes.index(a)] == 1.0 for a in "ZYX"):
+                return None  # unitless scale of 1: just voxel indices
+            logger.info("%s: OME-Zarr axes carry no unit; reading the scale as µm", path)
+            factor = 1.0
+        sizes.append(None if factor is None else scale[i] * factor)
+    return valid_spacing(sizes)
+
+
+def _channel_names(attrs: Mapping[str, Any]) -> list[str]:
+    omero = attrs.get("omero") or (attrs.get("ome") or {}).get("omero") or {}
+    names = [c.get("label") for c in omero.get("channels", []) if isinstance(c, Mapping)]
+    if names and all(names):
+        return [str(n) for n in names]
+    return [str(n) for n in attrs.get("channel_names") or []]
