@@ -10,6 +10,7 @@ otherwise. It can hide singleton dimensions of the file (e.g. ``T`` of size 1 in
 
 from __future__ import annotations
 
+import mmap
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -30,6 +31,7 @@ class LazyArray:
     def __init__(self, base: Any, source: str, drop: Iterable[int] = (),
                  closers: Iterable[Callable[[], None]] = ()) -> None:
         self._base = base
+        self._after_read = page_releaser(base)
         self._source = source
         self._drop = tuple(sorted(drop))
         if any(int(base.shape[i]) != 1 for i in self._drop):
@@ -79,6 +81,8 @@ class LazyArray:
                 # A read-only memmap view: copy, so the disk is read here (in the caller's
                 # reader thread, not later during compute) and callers may work in place.
                 data = data.copy()
+            if self._after_read is not None:
+                self._after_read()
             return data
         except (OSError, EOFError, RuntimeError, ValueError) as err:
             # Decoder and I/O failures of a damaged file; index mistakes are IndexError/TypeError.
@@ -102,3 +106,16 @@ class LazyArray:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def page_releaser(base: Any) -> Callable[[], None] | None:
+    """For a numpy memory map, a call that drops its pages from this process's resident set.
+
+    Pages of a read-only file mapping stay resident (and count in RSS) after they
+    are read, so streaming a memory-mapped volume would grow to the file's size.
+    The data were copied out already; the page cache keeps them for the kernel.
+    """
+    mapping = getattr(base, "_mmap", None)
+    if mapping is None or not hasattr(mmap, "MADV_DONTNEED"):
+        return None
+    return lambda: mapping.madvise(mmap.MADV_DONTNEED)

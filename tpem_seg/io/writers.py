@@ -39,6 +39,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tpem_seg.errors import OutputError
+from tpem_seg.io._lazy import page_releaser
 from tpem_seg.io._meta import VOXEL_SIZE_KEY, Spacing, valid_spacing
 from tpem_seg.io._zarr import is_zarr_folder
 from tpem_seg.io.readers import sidecar_path
@@ -419,6 +420,7 @@ class NpyVolumeWriter(VolumeWriter):
         temp = self._reserve(self.path)
         self._array: np.memmap | None = np.lib.format.open_memmap(temp, mode="w+", dtype=self.dtype,
                                                                    shape=self.shape)
+        self._release_pages = page_releaser(self._array) or (lambda: None)
 
     def _write_slab(self, slab: np.ndarray, z0: int) -> None:
         assert self._array is not None
@@ -427,8 +429,10 @@ class NpyVolumeWriter(VolumeWriter):
             self._array[z0:z1] = slab[0]
         else:
             self._array[:, z0:z1] = slab
-        # Hand dirty pages to the OS now, so memory stays bounded by a slab.
+        # Hand dirty pages to the OS now and drop them from our resident set, so
+        # memory stays bounded by a slab (flushed pages would otherwise stay mapped).
         self._array.flush()
+        self._release_pages()
 
     def _finish(self) -> None:
         assert self._array is not None
