@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 SUFFIX = ".tpem"
+#: manifest.json key holding the sha256 of the manifest itself (all other keys, canonical JSON).
+DIGEST_KEY = "manifest_sha256"
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 
 
@@ -80,7 +82,15 @@ def resolve_package_path(name_or_path: str | os.PathLike) -> Path:
                        f"of a NAME.tpem folder")
 
 
-def read_manifest(package_dir: Path) -> Manifest:
+def manifest_digest(data: Mapping) -> str:
+    """sha256 of a manifest's JSON object without its own digest key (sorted keys, compact)."""
+    body = {k: v for k, v in data.items() if k != DIGEST_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def read_manifest_dict(package_dir: Path) -> dict:
+    """The raw JSON object of ``package_dir/manifest.json``."""
     manifest_path = package_dir / MANIFEST
     if not manifest_path.is_file():
         raise PackageError(f"{package_dir} has no {MANIFEST}; it is not a model package (re-export it)")
@@ -90,11 +100,34 @@ def read_manifest(package_dir: Path) -> Manifest:
         raise PackageError(f"{manifest_path} is not valid JSON ({err}); re-export the package") from err
     if not isinstance(data, dict):
         raise PackageError(f"{manifest_path} is not a JSON object; re-export the package")
-    return Manifest.from_dict(data)
+    return data
+
+
+def read_manifest(package_dir: Path) -> Manifest:
+    return Manifest.from_dict(read_manifest_dict(package_dir))
+
+
+def verify_manifest(package_dir: Path, data: Mapping) -> None:
+    """Raise PackageError if the manifest was edited after it was written (its digest differs).
+
+    Manifests written before the digest existed carry none and are accepted.
+    """
+    expected = data.get(DIGEST_KEY)
+    if expected is None:
+        log.debug("%s: manifest carries no %s (older package); not checked", package_dir, DIGEST_KEY)
+        return
+    actual = manifest_digest(data)
+    if actual != expected:
+        raise PackageError(f"{package_dir}: {MANIFEST} was edited after export (sha256 {actual[:12]}... != "
+                           f"{str(expected)[:12]}...); re-export the package instead of editing it")
 
 
 def verify_files(package_dir: Path, manifest: Manifest) -> None:
-    """Raise PackageError unless every listed file exists with its recorded sha256."""
+    """Raise PackageError unless every listed file exists with its recorded sha256.
+
+    Files the manifest does not list (TensorRT engines under ``engines/``) are not checked here;
+    engines carry their own sha256 in a sidecar, checked when they are loaded.
+    """
     if manifest.onnx_file not in manifest.files:
         raise PackageError(f"{package_dir}: manifest lists no checksum for {manifest.onnx_file}; re-export it")
     for rel, expected in manifest.files.items():
@@ -110,11 +143,26 @@ def verify_files(package_dir: Path, manifest: Manifest) -> None:
 def open_package(name_or_path: str | os.PathLike, verify: bool = True) -> ModelPackage:
     """Open a package by bundled name or path, verifying checksums unless ``verify=False``."""
     package_dir = resolve_package_path(name_or_path)
-    manifest = read_manifest(package_dir)
+    data = read_manifest_dict(package_dir)
+    if verify:
+        verify_manifest(package_dir, data)
+    manifest = Manifest.from_dict(data)
     if verify:
         verify_files(package_dir, manifest)
     log.debug("opened package %s at %s", manifest.name, package_dir)
     return ModelPackage(package_dir, manifest)
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (os.umask would, briefly, for every thread)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:  # not Linux: assume the common default
+        pass
+    return 0o022
 
 
 def write_package(dst: str | os.PathLike, manifest: Manifest, files: Mapping[str, Path | bytes],
@@ -129,6 +177,7 @@ def write_package(dst: str | os.PathLike, manifest: Manifest, files: Mapping[str
         raise PackageError(f"{dst} exists; choose another name or pass --overwrite")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private (0700); a package is meant to be shared
     try:
         checksums = {}
         for rel, src in files.items():
@@ -140,7 +189,9 @@ def write_package(dst: str | os.PathLike, manifest: Manifest, files: Mapping[str
                 shutil.copyfile(src, target)
             checksums[rel] = sha256_file(target)
         manifest.files = checksums
-        (tmp / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+        data = manifest.to_dict()
+        data[DIGEST_KEY] = manifest_digest(data)
+        (tmp / MANIFEST).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         if dst.exists():
             shutil.rmtree(dst)
         os.replace(tmp, dst)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 
@@ -22,6 +24,26 @@ def installed_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+def ort_tensorrt_cache_dir() -> Path:
+    """Where ONNX Runtime's TensorRT provider keeps its engines and timing cache between sessions."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tpem-seg"
+    return Path(os.environ.get("TPEM_SEG_CACHE") or default) / "ort-tensorrt"
+
+
+def tensorrt_provider_options(index: int, precision: str, cache_dir: Path) -> dict:
+    """TensorRT execution provider options (names as in ONNX Runtime's TensorRT EP documentation).
+
+    Without the engine cache the provider rebuilds its engine in every session (minutes for a
+    ViT-B UNETR); with fp16, ``trt_layer_norm_fp32_fallback`` keeps layer-norm Pow/Reduce in FP32.
+    """
+    options = {"device_id": index, "trt_fp16_enable": precision == "fp16",
+               "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir),
+               "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache_dir)}
+    if precision == "fp16":
+        options["trt_layer_norm_fp32_fallback"] = True
+    return options
+
+
 def providers_for(device: str, precision: str) -> list:
     """Execution providers, best first, for ``device`` ("cpu" or "cuda[:N]")."""
     if device == "cpu":
@@ -30,16 +52,33 @@ def providers_for(device: str, precision: str) -> list:
     chosen: list = []
     installed = installed_providers()
     if "TensorrtExecutionProvider" in installed:
-        chosen.append(("TensorrtExecutionProvider", {"device_id": index, "trt_fp16_enable": precision == "fp16"}))
+        cache_dir = ort_tensorrt_cache_dir()
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        chosen.append(("TensorrtExecutionProvider", tensorrt_provider_options(index, precision, cache_dir)))
     if "CUDAExecutionProvider" in installed:
         chosen.append(("CUDAExecutionProvider", {"device_id": index}))
     return chosen + ["CPUExecutionProvider"]
 
 
 class OnnxRuntimeBackend(Backend):
-    """Runs the package's ``model.onnx`` with ONNX Runtime (fp32 graph; fp16 via the TensorRT provider)."""
+    """Runs the package's ``model.onnx`` with ONNX Runtime (fp32 graph; fp16 via the TensorRT provider).
+
+    Options: ``model_path`` runs another ONNX file of the same network instead of the package's
+    (e.g. an int8-quantised copy, see :mod:`tpem_seg.runtime.quantize`), named ``variant`` in
+    :meth:`describe`; ``threads`` sets the intra-op threads (default: the cores this process may use);
+    ``spinning`` False stops idle intra-op threads from spinning (None: ONNX Runtime's default, on),
+    which leaves the cores to the prefetch and writer threads between operators.
+    """
 
     name = "onnxruntime"
+
+    def __init__(self, package, device: str = "cpu", precision: str = "fp32", *, model_path: Path | None = None,
+                 variant: str | None = None, threads: int | None = None, spinning: bool | None = None):
+        super().__init__(package, device=device, precision=precision)
+        self.model_path = Path(model_path) if model_path is not None else None
+        self.variant = variant
+        self.threads = threads
+        self.spinning = spinning
 
     @classmethod
     def availability(cls, device: str) -> str | None:
@@ -62,8 +101,11 @@ class OnnxRuntimeBackend(Backend):
                                      f"use --precision fp32 or --backend torch")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = cpu_count()
-        self._session = ort.InferenceSession(str(self.package.onnx_path), sess_options=options,
+        options.intra_op_num_threads = self.threads or cpu_count()
+        if self.spinning is not None:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
+        model_path = self.model_path or self.package.onnx_path
+        self._session = ort.InferenceSession(str(model_path), sess_options=options,
                                              providers=providers_for(self.device, self.precision))
         self._input_name = self._session.get_inputs()[0].name
         self._output_name = self._session.get_outputs()[0].name
@@ -72,7 +114,8 @@ class OnnxRuntimeBackend(Backend):
     def describe(self) -> str:
         providers = getattr(self, "_session", None)
         used = ",".join(p.replace("ExecutionProvider", "") for p in providers.get_providers()) if providers else ""
-        return f"{self.name} on {self.device} ({self.precision}{'; ' + used if used else ''})"
+        precision = f"{self.precision}, {self.variant}" if self.variant else self.precision
+        return f"{self.name} on {self.device} ({precision}{'; ' + used if used else ''})"
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run([self._output_name], {self._input_name: batch})[0]
