@@ -185,6 +185,23 @@ def precision_for(device: torch.device, amp: bool) -> Precision:
     return Precision(dtype, torch.amp.GradScaler("cuda", enabled=dtype is torch.float16))
 
 
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, precision: Precision,
+                   grad_clip: float) -> None:
+    """One AMP-aware update: unscale, clip the gradient norm to ``grad_clip``, step, zero the gradients."""
+    precision.scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    precision.scaler.step(optimizer)
+    precision.scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def report_progress(bar, step: int, steps: int, loss: float, lr: float, rate: float, dist: DistInfo) -> None:
+    """Show loss, learning rate and patches/s on the bar; log them from the main process."""
+    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", patches_s=f"{rate:.1f}")
+    if dist.is_main:
+        log.info("step %d/%d  loss %.4f  lr %.2e  %.1f patches/s", step, steps, loss, lr, rate)
+
+
 class Throughput:
     """Patches per second since the last :meth:`rate` call."""
 

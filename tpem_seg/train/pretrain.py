@@ -87,11 +87,7 @@ def _pretrain(config: PretrainConfig, dist: engine.DistInfo, in_memory: Sequence
                 loss = masked_l1(pred.float(), x, mask, valid) / config.grad_accum
             precision.scaler.scale(loss).backward()
             loss_sum += loss.item()
-        precision.scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        precision.scaler.step(optimizer)
-        precision.scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        engine.optimizer_step(model, optimizer, precision, config.grad_clip)
         loss_n += 1
         meter.add(config.batch_size * config.grad_accum * dist.world_size)
 
@@ -99,10 +95,7 @@ def _pretrain(config: PretrainConfig, dist: engine.DistInfo, in_memory: Sequence
             last_loss = engine.mean_across_ranks(loss_sum / loss_n, dist)
             rate = meter.rate()
             loss_sum, loss_n = 0.0, 0
-            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}", patches_s=f"{rate:.1f}")
-            if dist.is_main:
-                log.info("step %d/%d  loss %.4f  lr %.2e  %.1f patches/s", step + 1, config.steps, last_loss, lr,
-                         rate)
+            engine.report_progress(bar, step + 1, config.steps, last_loss, lr, rate, dist)
         if dist.is_main and config.save_every and (step + 1) % config.save_every == 0 and step + 1 < config.steps:
             save(out / "last.pt", model, optimizer, precision, config, volumes, step + 1, last_loss, mask_space)
     bar.close()
