@@ -1,8 +1,8 @@
 """The ``tpem-seg`` command line: a thin face over the Python API.
 
 User errors (:class:`~tpem_seg.errors.TpemSegError`) end with one line on
-stderr and exit code 2; Ctrl-C exits 130 leaving no partial output; anything
-else is a bug and exits 1 with its traceback.
+stderr and exit code 2; Ctrl-C leaves no partial output; anything else is a
+bug and exits 1 with its traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import click
 import typer
 
 from tpem_seg.errors import InputError, OutputError, TpemSegError
@@ -98,6 +97,8 @@ def run(
     probabilities: bool = typer.Option(False, "--probabilities", help="write float16 class probabilities "
                                        "(class axis first) instead of labels"),
     tta: bool = typer.Option(False, "--tta", help="average 8 flips per tile (8x slower)"),
+    skip_empty: bool = typer.Option(False, "--skip-empty", help="give tiles without foreground background labels "
+                                    "without running the network (see benchmarks/results/README_section.md)"),
     resample: bool = typer.Option(True, "--resample/--no-resample", help="resample to the model's voxel size"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
@@ -111,10 +112,27 @@ def run(
     with Segmenter(model_name, backend=backend, device=device, precision=precision,
                    output="probabilities" if probabilities else "labels", channels=channel_list,
                    resample=resample, progress=progress, overlap=overlap, batch_size=batch_size,
-                   tta=tta) as segmenter:
+                   tta=tta, skip_empty=skip_empty) as segmenter:
         for src, dst in zip(inputs, outputs):
             summary = segmenter.segment_file(src, dst, axes=axes, spacing=spacing_t)
             typer.echo(f"{dst}: {summary.line()}", err=True)
+
+
+@app.command()
+def demo(
+    output: Path = typer.Option(Path("tpem-demo"), "--output", "-o", help="folder for the demo's files"),
+    model: str = typer.Option("tpem-2ch", help="a two-channel (vessel, neuron) package"),
+    seed: int = typer.Option(2024, help="simulation seed"),
+    backend: str = typer.Option("auto", help="auto | torch | onnxruntime | tensorrt"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+) -> None:
+    """Simulate a two-channel stack, segment it, write an MIP overlay PNG, print Dice against the truth."""
+    from tpem_seg.demo import run_demo
+
+    result = run_demo(output, model=model, seed=seed, backend=backend, device=device)
+    typer.echo(f"simulated volume: {result.volume}\nlabels: {result.labels}\ntruth: {result.truth}\n"
+               f"overlay (MIP: image | truth | labels): {result.overlay}\n{result.summary.line()}")
+    typer.echo("Dice against the simulated truth: " + ", ".join(f"{k} {v:.3f}" for k, v in result.dice.items()))
 
 
 @app.command()
@@ -167,7 +185,7 @@ def models(packages: List[Path] = typer.Argument(None, help="package folders to 
 
 #: Modules whose ``register(app)`` adds their commands; each imports its heavy libraries
 #: (torch, MONAI) inside the command bodies, so ``tpem-seg run`` stays light.
-SUBCOMMAND_MODULES: tuple[str, ...] = ()
+SUBCOMMAND_MODULES: tuple[str, ...] = ("tpem_seg.train.commands", "tpem_seg.export.commands", "tpem_seg.runtime.commands")
 
 
 def _register_subcommands() -> None:
@@ -181,20 +199,13 @@ _register_subcommands()
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Console entry point: maps user errors to exit code 2 and Ctrl-C to 130."""
+    """Console entry point. Typer handles usage errors (exit 2) and Ctrl-C ("Aborted!", exit 1,
+    after the writers have removed their partial files); user errors end here with exit 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv)
     except TpemSegError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
-    except click.exceptions.Exit as err:
-        sys.exit(err.exit_code)
-    except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        typer.echo("interrupted; no output was left under its final name", err=True)
-        sys.exit(130)
 
 
 if __name__ == "__main__":

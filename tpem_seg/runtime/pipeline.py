@@ -59,10 +59,15 @@ def make_plan(shape: Sequence[int], tile: Sequence[int], overlap: float) -> Tile
 
 @dataclass
 class TileBatch:
-    """Normalised tiles ``(N, C, D, H, W)`` float32 and their padded-grid origins (z, y, x)."""
+    """Normalised tiles ``(N, C, D, H, W)`` float32 and their padded-grid origins (z, y, x).
+
+    ``empty``: per tile, whether it shows no foreground (:func:`empty_tiles`); None when
+    empty tiles are not being looked for.
+    """
 
     tiles: np.ndarray
     origins: list[tuple[int, int, int]]
+    empty: np.ndarray | None = None
 
 
 @dataclass
@@ -88,17 +93,40 @@ def read_padded_slab(volume, plan: TilePlan, z: int, normalizer: Normalizer,
 
 
 def iter_tiles(volume, plan: TilePlan, normalizer: Normalizer, channels: Sequence[int] | None,
-               batch_size: int) -> Iterator[TileBatch | RowDone]:
-    """Batches of tiles row by row, each row followed by a :class:`RowDone`."""
+               batch_size: int, empty_threshold: float | None = None) -> Iterator[TileBatch | RowDone]:
+    """Batches of tiles row by row, each row followed by a :class:`RowDone`.
+
+    With ``empty_threshold``, each batch says which of its tiles are empty (see :func:`empty_tiles`).
+    """
     d, h, w = plan.tile
     for i, z in enumerate(plan.z_starts):
         slab = read_padded_slab(volume, plan, z, normalizer, channels)
         for start in range(0, len(plan.yx_origins), batch_size):
             origins = plan.yx_origins[start:start + batch_size]
             tiles = np.stack([slab[:, :, y:y + h, x:x + w] for y, x in origins])
-            yield TileBatch(tiles, [(z, y, x) for y, x in origins])
+            empty = None if empty_threshold is None else empty_tiles(tiles, empty_threshold)
+            yield TileBatch(tiles, [(z, y, x) for y, x in origins], empty)
         next_z = plan.z_starts[i + 1] if i + 1 < len(plan.z_starts) else plan.padded[0]
         yield RowDone(next_z)
+
+
+#: A tile is empty when, in every channel, fewer than this fraction of its voxels reach the
+#: threshold: its 99th percentile of normalised intensity lies below the threshold.
+EMPTY_FRACTION = 0.01
+
+
+def empty_tiles(tiles: np.ndarray, threshold: float, fraction: float = EMPTY_FRACTION) -> np.ndarray:
+    """Per tile of ``tiles (N, C, D, H, W)`` (normalised intensities), whether it shows no foreground.
+
+    A tile is empty when every channel has fewer than ``fraction`` of its voxels at or above
+    ``threshold``, i.e. each channel's ``100 * (1 - fraction)``-th percentile (99th by default)
+    is below ``threshold``. One comparison pass per tile, no sort. Padding voxels (zero after
+    normalisation) count as dark, as the network sees them. Returns bool ``(N,)``.
+    """
+    n, c = tiles.shape[:2]
+    voxels = int(np.prod(tiles.shape[2:]))
+    bright = np.count_nonzero((tiles >= np.float32(threshold)).reshape(n, c, voxels), axis=2)
+    return (bright < fraction * voxels).all(axis=1)
 
 
 def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:

@@ -18,18 +18,22 @@ from tqdm.auto import tqdm
 from tpem_seg.errors import InputError
 from tpem_seg.io import Volume, open_writer, read_volume
 from tpem_seg.models.package import ModelPackage, open_package
-from tpem_seg.runtime.backends import create_backend
+from tpem_seg.runtime.backends import Backend, create_backend
 from tpem_seg.runtime.normalize import fit_normalizer
 from tpem_seg.runtime.outputs import OUTPUTS, finish
 from tpem_seg.runtime.pipeline import BackgroundWriter, RowDone, TileBatch, iter_tiles, make_plan, prefetch
 from tpem_seg.runtime.resample import needs_resampling, resample_logits, resample_volume
-from tpem_seg.runtime.stitch import Stitcher
+from tpem_seg.runtime.stitch import Stitcher, finish_sums
 from tpem_seg.runtime.tiling import gaussian_weights
 
 log = logging.getLogger(__name__)
 
 #: Flip combinations over the spatial axes of a (N, C, D, H, W) batch (nnU-Net's mirroring).
 TTA_FLIPS = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
+
+#: Logit margin given to background on skipped (empty) tiles: softmax puts 1 - 2e-4 on background
+#: for 3 classes (sigmoid: every foreground channel at -10, probability 4.5e-5).
+EMPTY_LOGIT = 10.0
 
 
 @dataclass(frozen=True)
@@ -40,12 +44,20 @@ class TileOptions:
     batch_size: tiles per backend call (None: 4 on a GPU, 2 on a CPU).
     tta: average the 8 flips of every tile (8x the compute).
     sigma_scale: Gaussian blending sigma as a fraction of the tile (1/8).
+    skip_empty: do not run the network on tiles without foreground; they get background logits
+        (:data:`EMPTY_LOGIT`). A tile is empty when, in every channel, its 99th percentile of
+        normalised intensity (0 = the package's low percentile or range end, 1 = the high one) is
+        below ``empty_threshold`` (:func:`~tpem_seg.runtime.pipeline.empty_tiles`). Needs a
+        percentile or range normalisation.
+    empty_threshold: normalised intensity a tile's 99th percentile must reach to count as non-empty.
     """
 
     overlap: float = 0.25
     batch_size: int | None = None
     tta: bool = False
     sigma_scale: float = 0.125
+    skip_empty: bool = False
+    empty_threshold: float = 0.05
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
@@ -54,6 +66,8 @@ class TileOptions:
             raise InputError(f"batch size {self.batch_size} must be at least 1")
         if self.sigma_scale <= 0:
             raise InputError(f"sigma_scale {self.sigma_scale} must be positive")
+        if not 0.0 < self.empty_threshold < 1.0:
+            raise InputError(f"empty_threshold {self.empty_threshold} must be in (0, 1), e.g. 0.05")
 
 
 @dataclass
@@ -77,8 +91,9 @@ class RunSummary:
 
     def line(self) -> str:
         shape = "x".join(map(str, self.shape))
+        skipped = f" ({self.extra['skipped_tiles']} empty, skipped)" if "skipped_tiles" in self.extra else ""
         return (f"{shape} voxels in {self.seconds:.2f} s ({self.voxels_per_second / 1e6:.2f} Mvox/s), "
-                f"{self.tiles} tiles, {self.backend}{', resampled' if self.resampled else ''}")
+                f"{self.tiles} tiles{skipped}, {self.backend}{', resampled' if self.resampled else ''}")
 
 
 class Segmenter:
@@ -86,7 +101,9 @@ class Segmenter:
 
     Args:
         model: a bundled package name, a package path, or an opened :class:`ModelPackage`.
-        backend: ``auto``, ``torch``, ``onnxruntime`` or ``tensorrt``.
+        backend: ``auto``, ``torch``, ``onnxruntime`` or ``tensorrt``, or a configured
+            :class:`~tpem_seg.runtime.backends.Backend` instance for this package (then ``device``
+            and ``precision`` are the backend's own).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``fp32``, ``fp16`` or ``bf16`` (what the backend supports).
         output: ``labels`` (uint8 class indices), ``probabilities`` (float16, class axis first) or
@@ -94,22 +111,38 @@ class Segmenter:
         channels: which input channels feed the model, in the model's order (default: all).
         resample: resample to the package's voxel size when the input's differs.
         progress: show a progress bar.
-        **tile_options: fields of :class:`TileOptions` (overlap, batch_size, tta, sigma_scale).
+        **tile_options: fields of :class:`TileOptions` (overlap, batch_size, tta, sigma_scale,
+            skip_empty, empty_threshold).
+
+    When the backend runs on CUDA through torch tensors (the torch backend on a GPU), tiles go
+    through the GPU path (:mod:`tpem_seg.runtime.gpu`): blending and the argmax run on the GPU
+    and only the outputs come back.
     """
 
-    def __init__(self, model: str | os.PathLike | ModelPackage, backend: str = "auto", device: str = "auto",
+    def __init__(self, model: str | os.PathLike | ModelPackage, backend: str | Backend = "auto", device: str = "auto",
                  precision: str = "fp32", *, output: str = "labels", channels: Sequence[int] | None = None,
                  resample: bool = True, progress: bool = False, **tile_options):
         if output not in OUTPUTS:
             raise InputError(f"output {output!r} must be one of {OUTPUTS}")
         self.package = model if isinstance(model, ModelPackage) else open_package(model)
-        self.backend = create_backend(backend, self.package, device=device, precision=precision)
+        if isinstance(backend, Backend):
+            if backend.input_spec.tile != self.package.manifest.tile or \
+                    backend.input_spec.channels != self.package.manifest.config.in_channels:
+                raise InputError(f"backend {backend.describe()} was made for another network than {self.package.name}")
+            self.backend = backend
+        else:
+            self.backend = create_backend(backend, self.package, device=device, precision=precision)
         self.options = TileOptions(**tile_options)
+        if self.options.skip_empty and self.package.manifest.normalization.mode == "none":
+            raise InputError(f"skip_empty needs an intensity scale, but {self.package.name} does no normalisation; "
+                             f"drop --skip-empty")
         self.output = output
         self.channels = list(channels) if channels is not None else None
         self.resample = resample
         self.progress = progress
         self.last_summary: RunSummary | None = None
+        self._skipped = 0  # tiles of the current run skipped as empty
+        self._batch_size: int | None = None  # tiles per network call in the current run
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -184,9 +217,11 @@ class Segmenter:
             if self.resample and volume.spacing is None and manifest.spacing is not None:
                 log.info("input voxel size unknown; assuming the model's %s µm (give --spacing to resample)",
                          manifest.spacing)
-            tiles = self._stitch(volume, channels, lambda logits: sink(finish(logits, manifest.activation,
-                                                                                self.output)))
+            tiles = self._stitch(volume, channels, sink)
             summary = RunSummary(volume.shape_zyx, tiles, 0.0, self.backend.describe())
+        summary.extra["batch_size"] = self._batch_size
+        if self.options.skip_empty:
+            summary.extra["skipped_tiles"] = self._skipped
         summary.seconds = time.perf_counter() - started
         log.info("%s", summary.line())
         return summary
@@ -199,38 +234,77 @@ class Segmenter:
                  volume.spacing, manifest.spacing)
         resampled = resample_volume(volume, manifest.spacing, channels)
         parts: list[np.ndarray] = []
-        tiles = self._stitch(resampled, None, parts.append)
+        tiles = self._stitch(resampled, None, parts.append, output="logits")
         logits = resample_logits(np.concatenate(parts, axis=1), volume.shape_zyx)
         sink(finish(logits, manifest.activation, self.output))
         return RunSummary(volume.shape_zyx, tiles, 0.0, self.backend.describe(), resampled=True)
 
-    def _stitch(self, volume: Volume, channels: list[int] | None,
-                emit: Callable[[np.ndarray], None]) -> int:
-        """Tile, infer and blend ``volume``; call ``emit(logits (K, dz, Y, X))`` per finished slab, in z order."""
+    def _stitch(self, volume: Volume, channels: list[int] | None, emit: Callable[[np.ndarray], None],
+                output: str | None = None) -> int:
+        """Tile, infer and blend ``volume``; call ``emit(block)`` per finished slab, in z order.
+
+        ``block`` is the ``output`` (default: the Segmenter's) of the slab's ``dz`` planes: labels
+        ``(dz, Y, X)`` uint8, probabilities ``(K, dz, Y, X)`` float16 or logits ``(K, dz, Y, X)``
+        float32. Returns the number of tiles.
+        """
         manifest = self.package.manifest
+        output = output or self.output
         normalizer = fit_normalizer(volume, manifest.normalization, channels)
         plan = make_plan(volume.shape_zyx, manifest.tile, self.options.overlap)
-        stitcher = Stitcher(manifest.config.out_channels, plan.padded, plan.tile,
-                            gaussian_weights(plan.tile, self.options.sigma_scale))
+        weights = gaussian_weights(plan.tile, self.options.sigma_scale)
+        threshold = self.options.empty_threshold if self.options.skip_empty else None
+        self._skipped = 0
+        if getattr(self.backend, "supports_device_tensors", False):
+            from tpem_seg.runtime import gpu  # imports torch: only for backends that already run on it
+
+            run = gpu.GpuStitchRun(self.backend, plan, weights, manifest.config.out_channels, manifest.activation,
+                                   output, self.options, background=self._background_logits())
+            with tqdm(total=plan.n_tiles, unit="tile", desc="segment", disable=not self.progress, leave=False) as bar:
+                run.run(volume, normalizer, channels, emit, bar.update)
+            self._skipped, self._batch_size = run.skipped, run.backoff.batch_size
+            return plan.n_tiles
+        stitcher = Stitcher(manifest.config.out_channels, plan.padded, plan.tile, weights)
         batch_size = self.options.batch_size or (4 if self.backend.device.startswith("cuda") else 2)
+        self._batch_size = batch_size
         (pz, _), (py, _), (px, _) = plan.pads
         z_end = pz + plan.shape[0]
         with tqdm(total=plan.n_tiles, unit="tile", desc="segment", disable=not self.progress,
                   leave=False) as bar:
-            for item in prefetch(iter_tiles(volume, plan, normalizer, channels, batch_size)):
+            for item in prefetch(iter_tiles(volume, plan, normalizer, channels, batch_size, threshold)):
                 if isinstance(item, TileBatch):
-                    stitcher.add(self._predict(item.tiles), item.origins)
+                    self._add_batch(stitcher, item)
                     bar.update(len(item.origins))
                     continue
                 assert isinstance(item, RowDone)
-                finished = stitcher.advance(item.next_z)
+                finished = stitcher.advance_raw(item.next_z)
                 if finished is None:
                     continue
-                z0, logits = finished
-                lo, hi = max(z0, pz), min(z0 + logits.shape[1], z_end)
+                z0, sums, norm = finished
+                lo, hi = max(z0, pz), min(z0 + sums.shape[1], z_end)
                 if hi > lo:
-                    emit(logits[:, lo - z0:hi - z0, py:py + plan.shape[1], px:px + plan.shape[2]])
+                    crop = (slice(lo - z0, hi - z0), slice(py, py + plan.shape[1]), slice(px, px + plan.shape[2]))
+                    emit(finish_sums(sums[(slice(None), *crop)], norm[crop], manifest.activation, output))
         return plan.n_tiles
+
+    def _add_batch(self, stitcher: Stitcher, batch: TileBatch) -> None:
+        """Infer the batch's non-empty tiles and add them; empty ones get background logits."""
+        empty = batch.empty
+        if empty is None or not empty.any():
+            stitcher.add(self._predict(batch.tiles), batch.origins)
+            return
+        full = ~empty
+        if full.any():
+            stitcher.add(self._predict(batch.tiles[full]), [o for o, f in zip(batch.origins, full) if f])
+        stitcher.add_constant(self._background_logits(), [o for o, e in zip(batch.origins, empty) if e])
+        self._skipped += int(empty.sum())
+
+    def _background_logits(self) -> list[float]:
+        """Per-class logits of a skipped tile: background (class 0) by :data:`EMPTY_LOGIT` (softmax), or
+        every foreground channel at ``-EMPTY_LOGIT`` (sigmoid, no background channel)."""
+        k = self.package.manifest.config.out_channels
+        if self.package.manifest.activation == "sigmoid":
+            return [-EMPTY_LOGIT] * k
+        return [EMPTY_LOGIT] + [0.0] * (k - 1)
 
     def _predict(self, tiles: np.ndarray) -> np.ndarray:
         """Logits for a batch; with TTA, the mean over the 8 flips (each flipped back)."""

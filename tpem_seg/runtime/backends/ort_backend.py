@@ -114,7 +114,10 @@ class OnnxRuntimeBackend(Backend):
     def describe(self) -> str:
         providers = getattr(self, "_session", None)
         used = ",".join(p.replace("ExecutionProvider", "") for p in providers.get_providers()) if providers else ""
-        precision = f"{self.precision}, {self.variant}" if self.variant else self.precision
+        extras = [self.variant] if self.variant else []
+        extras += [f"{self.threads} threads"] if self.threads else []
+        extras += ["no spinning"] if self.spinning is False else []
+        precision = ", ".join([self.precision, *extras])
         return f"{self.name} on {self.device} ({precision}{'; ' + used if used else ''})"
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:

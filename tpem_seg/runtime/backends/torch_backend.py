@@ -1,4 +1,4 @@
-"""PyTorch backend: the package's weights in MONAI's UNETR, eager, with autocast.
+"""PyTorch backend: the package's weights in MONAI's UNETR, eager or compiled, with autocast.
 
 torch and MONAI are imported in :meth:`TorchBackend._load`, never at import time.
 """
@@ -19,9 +19,34 @@ log = logging.getLogger(__name__)
 
 
 class TorchBackend(Backend):
-    """MONAI UNETR in PyTorch eager mode; fp32, or fp16/bf16 autocast (bf16 only on CPUs)."""
+    """MONAI UNETR in PyTorch; fp32, or fp16/bf16 autocast (bf16 only on CPUs).
+
+    Options (all off by default, so ``create_backend("torch", ...)`` is plain eager):
+
+    - ``compile``: run the network through ``torch.compile`` (True for the default mode, or a
+      mode name such as ``"max-autotune"``). The first batch compiles (tens of seconds on a
+      GPU; on a CPU minutes, and in this repository's tests not faster, see benchmarks/results).
+    - ``cuda_graphs``: on CUDA, compile with ``mode="reduce-overhead"`` (CUDA graphs) and pad
+      every batch to ``static_batch`` tiles, so one graph is recorded and replayed.
+    - ``channels_last``: weights and input in ``torch.channels_last_3d`` (NDHWC) layout.
+    - ``static_batch``: pad batches smaller than this to it (fixed shapes for compiled graphs).
+
+    :meth:`infer_tensor` runs on device tensors; the Segmenter's GPU path
+    (:mod:`tpem_seg.runtime.gpu`) uses it so tiles and logits never leave the GPU.
+    """
 
     name = "torch"
+
+    def __init__(self, package: ModelPackage, device: str = "cpu", precision: str = "fp32", *,
+                 compile: bool | str = False, cuda_graphs: bool = False, channels_last: bool = False,
+                 static_batch: int | None = None):
+        super().__init__(package, device=device, precision=precision)
+        if cuda_graphs and not device.startswith("cuda"):
+            raise BackendUnavailable("CUDA graphs need a CUDA device; drop cuda_graphs or use --device cuda")
+        self.compile = compile
+        self.cuda_graphs = cuda_graphs
+        self.channels_last = channels_last
+        self.static_batch = static_batch
 
     @classmethod
     def availability(cls, device: str) -> str | None:
@@ -33,6 +58,11 @@ class TorchBackend(Backend):
     @classmethod
     def supports(cls, package: ModelPackage, precision: str) -> bool:
         return package.weights_path is not None
+
+    @property
+    def supports_device_tensors(self) -> bool:
+        """Whether :meth:`infer_tensor` keeps data on a GPU (the Segmenter's fast GPU path)."""
+        return self.device.startswith("cuda")
 
     def _load(self) -> None:
         import torch
@@ -50,18 +80,50 @@ class TorchBackend(Backend):
         model.load_state_dict(clean_state_dict(state))
         self._torch = torch
         self._device = torch.device(self.device)
-        self._model = model.to(self._device).eval()
+        model = model.to(self._device).eval()
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last_3d)
+        if self._device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed tile shapes: pick the fastest conv algorithms once
+        self._eager = model
+        self._model = model
+        if self.compile or self.cuda_graphs:
+            mode = "reduce-overhead" if self.cuda_graphs else (self.compile if isinstance(self.compile, str) else None)
+            log.info("torch.compile(mode=%s): the first batch compiles", mode)
+            self._model = torch.compile(model, mode=mode, dynamic=False)
         self._autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
 
+    def describe(self) -> str:
+        extras = [flag for flag, on in (("compiled", bool(self.compile)), ("cuda graphs", self.cuda_graphs),
+                                        ("channels-last", self.channels_last)) if on]
+        return f"{self.name} on {self.device} ({', '.join([self.precision, *extras])})"
+
     def _infer(self, batch: np.ndarray) -> np.ndarray:
+        x = self._torch.from_numpy(batch).to(self._device, non_blocking=True)
+        return self.infer_tensor(x).cpu().numpy()
+
+    def infer_tensor(self, x):
+        """Logits ``(N, K, D, H, W)`` float32 on this backend's device for tiles ``x (N, C, D, H, W)``
+        (a float32 tensor on the same device); shapes are not re-checked here."""
         torch = self._torch
-        x = torch.from_numpy(batch).to(self._device, non_blocking=True)
+        n = x.shape[0]
+        if self.static_batch and n < self.static_batch:
+            x = torch.cat([x, x.new_zeros((self.static_batch - n, *x.shape[1:]))])
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.inference_mode(), torch.autocast(self._device.type, dtype=self._autocast_dtype,
                                                      enabled=self._autocast_dtype is not None):
             logits = self._model(x)
-        return logits.float().cpu().numpy()
+        # CUDA-graph outputs are overwritten by the next replay: take a copy of them.
+        logits = logits[:n].float()
+        if self.cuda_graphs:
+            logits = logits.clone()
+        return logits.contiguous()
 
     def _close(self) -> None:
         self._model = None
+        self._eager = None
         if self._device.type == "cuda":
             self._torch.cuda.empty_cache()
