@@ -50,6 +50,18 @@ def package_1ch(tmp_path_factory):
     return package
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """PyTorch on one intra-op thread for a test module: on a shared 2-core machine its spinning
+    OpenMP team can make a tiny network 100x slower (benchmarks/results/README_section.md).
+    Results do not depend on it; the thread count is restored afterwards."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

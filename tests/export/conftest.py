@@ -53,17 +53,10 @@ def save_tpem_checkpoint(path: Path, name: str = "unetr-test", seed: int = 0, ki
     return save_checkpoint(path, Checkpoint(kind, config, model.state_dict(), meta=meta))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """PyTorch on one thread while these tests run: on a shared 2-core machine its OpenMP threads
-    wait on each other (a 30 ms forward pass took 5 s with 2 threads under load). Correctness only;
-    restored after each test module."""
-    import torch
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture(scope="module", autouse=True)
+def _torch_on_one_thread(one_torch_thread):
+    """Every export test module runs PyTorch on one thread (see ``one_torch_thread``)."""
 
 
 def pytest_runtest_setup(item):

@@ -18,16 +18,7 @@ SETTINGS = B.BenchSettings(repeats=1, network_repeats=1, warmup=1, peak_size=128
                            peak_min_seconds=0.01, calibration_tiles=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, torch's spinning OpenMP team can make a
-    tiny network 100x slower (benchmarks/results/README_section.md); results do not depend on it."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class PerturbedBackend(OnnxRuntimeBackend):

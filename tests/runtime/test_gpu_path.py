@@ -20,16 +20,7 @@ from tpem_seg.runtime.tiling import gaussian_weights  # noqa: E402
 CUDA = torch.cuda.is_available()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, torch's spinning OpenMP team can make a
-    tiny network 100x slower (benchmarks/results/README_section.md); results do not depend on it."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class FakeOOM(RuntimeError):
