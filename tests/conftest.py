@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +68,30 @@ def one_torch_thread():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(argv: list[str]) -> CliResult:
+    """``tpem-seg ARGV`` in this process through the console entry point (exit codes as users see them)."""
+    from tpem_seg.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(argv)
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """``cli(argv) -> CliResult``: run ``tpem-seg ARGV`` in this process."""
+    return run_cli

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,27 +10,6 @@ pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
 CLASSES = ["background", "vessel", "neuron"]
-
-
-@dataclass
-class CliResult:
-    exit_code: int
-    stdout: str
-    stderr: str
-
-
-def run_cli(argv: list[str]) -> CliResult:
-    """``tpem-seg ARGV`` in this process through the console entry point (exit codes as users see them)."""
-    from tpem_seg.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(argv)
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    return CliResult(code, out.getvalue(), err.getvalue())
 
 
 def save_tpem_checkpoint(path: Path, name: str = "unetr-test", seed: int = 0, kind: str = "finetune",
@@ -69,12 +45,6 @@ def pytest_runtest_setup(item):
 
 
 @pytest.fixture(scope="session")
-def cli():
-    """``cli(argv) -> CliResult``: run ``tpem-seg ARGV`` in this process."""
-    return run_cli
-
-
-@pytest.fixture(scope="session")
 def make_checkpoint():
     """``make_checkpoint(path, name="unetr-test", seed=0, kind="finetune", **overrides)`` -> path."""
     return save_tpem_checkpoint
@@ -86,9 +56,9 @@ def tpem_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def exported(tmp_path_factory, tpem_checkpoint):
+def exported(tmp_path_factory, tpem_checkpoint, cli):
     """``tpem-seg export finetune.pt -o test.tpem`` (unetr-test, 16x32x32 tiles): (package path, CLI result)."""
     out = tmp_path_factory.mktemp("export") / "test.tpem"
-    result = run_cli(["export", str(tpem_checkpoint), "-o", str(out), "--version", "1.2.3"])
+    result = cli(["export", str(tpem_checkpoint), "-o", str(out), "--version", "1.2.3"])
     assert result.exit_code == 0, result.stderr
     return out, result

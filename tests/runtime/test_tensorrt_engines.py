@@ -5,8 +5,6 @@ The real build and run are at the end, skipped unless TensorRT and a CUDA GPU ar
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 
@@ -20,20 +18,6 @@ from tpem_seg.runtime import engines as E
 MACHINE = E.MachineInfo("NVIDIA H100 80GB HBM3", "9.0", "10.3.0")
 NO_TENSORRT = E.tensorrt_unavailable("cuda")
 needs_tensorrt = pytest.mark.skipif(NO_TENSORRT is not None, reason=f"needs TensorRT and a GPU: {NO_TENSORRT}")
-
-
-def run_cli(argv):
-    """(exit code, stdout, stderr) of ``tpem-seg ARGV`` run in this process."""
-    from tpem_seg.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(argv)
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 0
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture
@@ -203,16 +187,16 @@ def test_tensorrt_on_the_cpu_is_a_user_error(package_2ch):
         assert not TensorRTBackend.supports(package_2ch, "fp16")  # auto falls through to onnxruntime
 
 
-def test_engine_commands_without_tensorrt(package_2ch, tmp_path):
+def test_engine_commands_without_tensorrt(package_2ch, tmp_path, cli):
     if not NO_TENSORRT:
         pytest.skip("TensorRT and a GPU are here")
-    code, _, err = run_cli(["engine", "build", str(package_2ch.path)])
-    assert code == 2 and NO_TENSORRT in err and err.strip().count("\n") == 0
-    code, out, _ = run_cli(["engine", "list", str(package_2ch.path)])
-    assert code == 0 and "0 engine(s)" in out and "cannot check them here" in out
-    code, _, err = run_cli(["run", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.tif"), "-m",
-                            str(package_2ch.path), "--backend", "tensorrt", "--device", "cpu"])
-    assert code == 2 and "TensorRT needs a CUDA GPU" in err
+    result = cli(["engine", "build", str(package_2ch.path)])
+    assert result.exit_code == 2 and NO_TENSORRT in result.stderr and result.stderr.strip().count("\n") == 0
+    result = cli(["engine", "list", str(package_2ch.path)])
+    assert result.exit_code == 0 and "0 engine(s)" in result.stdout and "cannot check them here" in result.stdout
+    result = cli(["run", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.tif"), "-m",
+                  str(package_2ch.path), "--backend", "tensorrt", "--device", "cpu"])
+    assert result.exit_code == 2 and "TensorRT needs a CUDA GPU" in result.stderr
 
 
 def test_onnxruntime_tensorrt_provider_options(tmp_path):
