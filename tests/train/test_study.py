@@ -55,6 +55,7 @@ def test_report_has_the_tables_and_tests(tmp_path, rng):
     assert "| MIM intensity |" in text and "| Otsu threshold (no training) | 0.500 ± 0.000" in text
     assert "MIM random 25% − scratch 100%" in text and "In plain words" in text
     assert "tpem-seg train study --preset cpu" in text
+    assert (tmp_path / "doc_results.jsonl").read_text() == results.path.read_text() != ""
 
 
 def test_presets_and_overrides():

@@ -411,7 +411,14 @@ def write_report(cfg: StudyConfig, results: Results, otsu: dict, specs: dict[str
     tmp = doc.with_name(f".{doc.name}.partial")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     os.replace(tmp, doc)
+    shutil.copyfile(results.path, raw_results_path(cfg))
     return doc
+
+
+def raw_results_path(cfg: StudyConfig) -> Path:
+    """Where the report keeps a copy of the raw results (next to it, so it travels with the report)."""
+    doc = Path(cfg.doc)
+    return doc.with_name(f"{doc.stem}_results.jsonl")
 
 
 def report_lines(cfg: StudyConfig, results: Results, otsu: dict, specs: dict[str, VolumeSpec],
@@ -544,7 +551,8 @@ def report_lines(cfg: StudyConfig, results: Results, otsu: dict, specs: dict[str
               "--label-fraction 0.25 --seed 0 -o runs/ft",
               "tpem-seg train evaluate -c configs/evaluate_vesselnn.yaml --checkpoint runs/ft/best.pt",
               "```", "",
-              "Raw results: `" + str(Path(cfg.out) / "results.jsonl") + "` (one line per run, scores per test volume)."]
+              f"Raw results: `{raw_results_path(cfg).name}` next to this file, a copy of "
+              f"`{Path(cfg.out) / 'results.jsonl'}` (one line per run, scores per test volume)."]
     return lines
 
 
