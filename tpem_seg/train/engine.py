@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -221,7 +222,7 @@ class Throughput:
 
 def command_line() -> str:
     """The command that started this process, for provenance."""
-    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
 def git_commit() -> str | None:
