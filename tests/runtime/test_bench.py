@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("monai")
 
+from tpem_seg.errors import InputError  # noqa: E402
 from tpem_seg.runtime import bench as B  # noqa: E402
 from tpem_seg.runtime.backends.ort_backend import OnnxRuntimeBackend  # noqa: E402
 
@@ -106,6 +107,14 @@ def test_reports_carry_the_command_machine_and_table(report, tmp_path):
     text = (tmp_path / "r.md").read_text()
     assert "Command: `pytest`" in text and "| baseline |" in text and "| perturbed |" in text
     assert "| NO |" in text  # the wrong backend is flagged in the table
+
+
+def test_configuration_names_round_trip():
+    for name in ("torch-bf16-cl-cast", "onnxruntime-fp32-nospin-t1", "torch-fp16-compile-graphs"):
+        assert B.BenchConfig.parse(name).name == name
+    assert B.BenchConfig.parse("torch-bf16-cast").cast_weights
+    with pytest.raises(InputError, match="unknown flag"):
+        B.BenchConfig.parse("torch-bf16-fast")
 
 
 def test_agreement_limits_and_dice():

@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tpem_seg import Segmenter  # noqa: E402
+from tpem_seg.errors import BackendUnavailable  # noqa: E402
 from tpem_seg.runtime import gpu  # noqa: E402
 from tpem_seg.runtime.backends.torch_backend import TorchBackend  # noqa: E402
 from tpem_seg.runtime.pipeline import make_plan  # noqa: E402
@@ -189,6 +190,20 @@ def test_torch_backend_options_on_cpu(package_2ch):
         got = backend.infer(batch)
         assert "channels-last" in backend.describe()
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_torch_bf16_cast_weights_on_cpu(package_2ch):
+    """bf16 weights (instead of autocast) stay close to fp32, within bf16's precision, and keep the labels."""
+    batch = np.random.default_rng(12).random((2, 2, *package_2ch.manifest.tile), dtype=np.float32)
+    with TorchBackend(package_2ch, device="cpu") as plain:
+        expected = plain.infer(batch)
+    with TorchBackend(package_2ch, device="cpu", precision="bf16", cast_weights=True, channels_last=True) as cast:
+        got = cast.infer(batch)
+        assert "weights cast" in cast.describe() and got.dtype == np.float32
+    assert np.abs(got - expected).max() < 0.1 * np.abs(expected).max()
+    assert (got.argmax(1) == expected.argmax(1)).mean() > 0.95
+    with pytest.raises(BackendUnavailable, match="cast_weights needs"):
+        TorchBackend(package_2ch, device="cpu", precision="fp32", cast_weights=True)
 
 
 @pytest.mark.gpu

@@ -62,7 +62,7 @@ class BenchConfig:
 
     backend: ``baseline`` (MONAI sliding window, PyTorch eager fp32), ``torch``, ``onnxruntime``
     or ``tensorrt``; precision: fp32, fp16, bf16, or int8 (onnxruntime: a statically quantised
-    QDQ copy of the model); compile / cuda_graphs / channels_last: torch backend options.
+    QDQ copy of the model); compile / cuda_graphs / channels_last / cast_weights: torch backend options.
     """
 
     backend: str
@@ -71,20 +71,23 @@ class BenchConfig:
     compile: bool = False
     cuda_graphs: bool = False
     channels_last: bool = False
+    cast_weights: bool = False
     spinning: bool | None = None
     threads: int | None = None
     label: str | None = None  # a name of its own, e.g. for an injected backend
 
     @property
     def name(self) -> str:
-        """``backend-precision[-flag...]``, flags: compile, graphs, cl (channels-last), nospin, t<N>
+        """``backend-precision[-flag...]``, flags: compile, graphs, cl (channels-last), cast (weights cast to
+        the precision instead of autocast), nospin, t<N>
         (ONNX Runtime threads); ``@cuda`` on a GPU. :meth:`parse` reads it back."""
         if self.label:
             return self.label
         if self.backend == BASELINE:
             return BASELINE
         flags = [f for f, on in (("compile", self.compile), ("graphs", self.cuda_graphs),
-                                 ("cl", self.channels_last), ("nospin", self.spinning is False)) if on]
+                                 ("cl", self.channels_last), ("cast", self.cast_weights),
+                                 ("nospin", self.spinning is False)) if on]
         flags += [f"t{self.threads}"] if self.threads else []
         return "-".join([self.backend, self.precision, *flags]) + ("" if self.device == "cpu" else f"@{self.device}")
 
@@ -96,13 +99,13 @@ class BenchConfig:
             raise InputError(f"configuration {name!r} must read BACKEND-PRECISION[-FLAG...], e.g. torch-bf16-cl")
         kwargs: dict = {}
         for flag in parts[2:]:
-            if flag in ("compile", "graphs", "cl", "nospin"):
-                kwargs[{"compile": "compile", "graphs": "cuda_graphs", "cl": "channels_last",
+            if flag in ("compile", "graphs", "cl", "cast", "nospin"):
+                kwargs[{"compile": "compile", "graphs": "cuda_graphs", "cl": "channels_last", "cast": "cast_weights",
                         "nospin": "spinning"}[flag]] = flag != "nospin"
             elif flag[:1] == "t" and flag[1:].isdigit():
                 kwargs["threads"] = int(flag[1:])
             else:
-                raise InputError(f"unknown flag {flag!r} in {name!r}: use compile, graphs, cl, nospin, t<N>")
+                raise InputError(f"unknown flag {flag!r} in {name!r}: use compile, graphs, cl, cast, nospin, t<N>")
         return cls(parts[0], parts[1], device, **kwargs)
 
 
@@ -595,7 +598,8 @@ class SegmenterRunner:
                 if (config.compile or config.cuda_graphs) else None
             return TorchBackend(self.package, device=config.device, precision=config.precision,
                                 compile=config.compile, cuda_graphs=config.cuda_graphs,
-                                channels_last=config.channels_last, static_batch=static)
+                                channels_last=config.channels_last, cast_weights=config.cast_weights,
+                                static_batch=static)
         if config.backend == "onnxruntime" and config.precision == "int8":
             from tpem_seg.runtime.backends.ort_backend import OnnxRuntimeBackend
             from tpem_seg.runtime.quantize import quantize_static_int8

@@ -29,6 +29,8 @@ class TorchBackend(Backend):
     - ``cuda_graphs``: on CUDA, compile with ``mode="reduce-overhead"`` (CUDA graphs) and pad
       every batch to ``static_batch`` tiles, so one graph is recorded and replayed.
     - ``channels_last``: weights and input in ``torch.channels_last_3d`` (NDHWC) layout.
+    - ``cast_weights``: for fp16/bf16, cast the weights and the input to that type instead of
+      autocasting (no per-call weight casts; normalisation then also runs in low precision).
     - ``static_batch``: pad batches smaller than this to it (fixed shapes for compiled graphs).
 
     :meth:`infer_tensor` runs on device tensors; the Segmenter's GPU path
@@ -39,13 +41,16 @@ class TorchBackend(Backend):
 
     def __init__(self, package: ModelPackage, device: str = "cpu", precision: str = "fp32", *,
                  compile: bool | str = False, cuda_graphs: bool = False, channels_last: bool = False,
-                 static_batch: int | None = None):
+                 cast_weights: bool = False, static_batch: int | None = None):
         super().__init__(package, device=device, precision=precision)
         if cuda_graphs and not device.startswith("cuda"):
             raise BackendUnavailable("CUDA graphs need a CUDA device; drop cuda_graphs or use --device cuda")
         self.compile = compile
         self.cuda_graphs = cuda_graphs
+        if cast_weights and precision not in ("fp16", "bf16"):
+            raise BackendUnavailable(f"cast_weights needs precision fp16 or bf16, not {precision}")
         self.channels_last = channels_last
+        self.cast_weights = cast_weights
         self.static_batch = static_batch
 
     @classmethod
@@ -81,6 +86,10 @@ class TorchBackend(Backend):
         self._torch = torch
         self._device = torch.device(self.device)
         model = model.to(self._device).eval()
+        low = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+        self._input_dtype = low if self.cast_weights else torch.float32
+        if self.cast_weights:
+            model = model.to(low)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last_3d)
         if self._device.type == "cuda":
@@ -91,11 +100,12 @@ class TorchBackend(Backend):
             mode = "reduce-overhead" if self.cuda_graphs else (self.compile if isinstance(self.compile, str) else None)
             log.info("torch.compile(mode=%s): the first batch compiles", mode)
             self._model = torch.compile(model, mode=mode, dynamic=False)
-        self._autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+        self._autocast_dtype = None if self.cast_weights else low
 
     def describe(self) -> str:
         extras = [flag for flag, on in (("compiled", bool(self.compile)), ("cuda graphs", self.cuda_graphs),
-                                        ("channels-last", self.channels_last)) if on]
+                                        ("channels-last", self.channels_last),
+                                        ("weights cast", self.cast_weights)) if on]
         return f"{self.name} on {self.device} ({', '.join([self.precision, *extras])})"
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
@@ -109,6 +119,7 @@ class TorchBackend(Backend):
         n = x.shape[0]
         if self.static_batch and n < self.static_batch:
             x = torch.cat([x, x.new_zeros((self.static_batch - n, *x.shape[1:]))])
+        x = x.to(self._input_dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         if self.cuda_graphs:
