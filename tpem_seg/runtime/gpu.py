@@ -402,12 +402,10 @@ class GpuStitchRun:
         finished = stitcher.advance_raw(next_z)
         if finished is None:
             return
-        plan = self.plan
-        (pz, _), (py, _), (px, _) = plan.pads
         z0, sums, norm = finished
-        lo, hi = max(z0, pz), min(z0 + sums.shape[1], pz + plan.shape[0])
-        if hi > lo:
-            crop = (slice(lo - z0, hi - z0), slice(py, py + plan.shape[1]), slice(px, px + plan.shape[2]))
+        part = self.plan.volume_part(z0, sums.shape[1])
+        if part is not None:
+            crop = part[1]
             outputs.submit(finish_tensor(sums[(slice(None), *crop)], norm[crop], self.activation, self.output))
 
     def _slot(self, device: _Device, in_channels: int) -> _Slot:

@@ -46,6 +46,15 @@ class TilePlan:
     def n_tiles(self) -> int:
         return len(self.z_starts) * len(self.yx_origins)
 
+    def volume_part(self, z0: int, depth: int) -> tuple[int, tuple[slice, slice, slice]] | None:
+        """The part of a finished slab (padded planes ``z0 .. z0 + depth``) that lies in the volume:
+        ``(first volume plane, (z, y, x) slices into the slab)``, or None when it is all padding."""
+        (pz, _), (py, _), (px, _) = self.pads
+        lo, hi = max(z0, pz), min(z0 + depth, pz + self.shape[0])
+        if hi <= lo:
+            return None
+        return lo - pz, (slice(lo - z0, hi - z0), slice(py, py + self.shape[1]), slice(px, px + self.shape[2]))
+
 
 def make_plan(shape: Sequence[int], tile: Sequence[int], overlap: float) -> TilePlan:
     shape = tuple(int(s) for s in shape)

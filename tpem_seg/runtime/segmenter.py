@@ -266,8 +266,6 @@ class Segmenter:
         stitcher = Stitcher(manifest.config.out_channels, plan.padded, plan.tile, weights)
         batch_size = self.options.batch_size or (4 if self.backend.device.startswith("cuda") else 2)
         self._batch_size = batch_size
-        (pz, _), (py, _), (px, _) = plan.pads
-        z_end = pz + plan.shape[0]
         with tqdm(total=plan.n_tiles, unit="tile", desc="segment", disable=not self.progress,
                   leave=False) as bar:
             for item in prefetch(iter_tiles(volume, plan, normalizer, channels, batch_size, threshold)):
@@ -280,9 +278,9 @@ class Segmenter:
                 if finished is None:
                     continue
                 z0, sums, norm = finished
-                lo, hi = max(z0, pz), min(z0 + sums.shape[1], z_end)
-                if hi > lo:
-                    crop = (slice(lo - z0, hi - z0), slice(py, py + plan.shape[1]), slice(px, px + plan.shape[2]))
+                part = plan.volume_part(z0, sums.shape[1])
+                if part is not None:
+                    crop = part[1]
                     emit(finish_sums(sums[(slice(None), *crop)], norm[crop], manifest.activation, output))
         return plan.n_tiles
 

@@ -35,8 +35,6 @@ def predict_logits(model: torch.nn.Module, volume: Volume, normalizer: Normalize
     device = torch.device(device)
     plan = make_plan(volume.shape_zyx, tile, overlap)
     stitcher = Stitcher(n_classes, plan.padded, plan.tile, gaussian_weights(plan.tile))
-    (pz, _), (py, _), (px, _) = plan.pads
-    z_end = pz + plan.shape[0]
     out = np.empty((n_classes, *plan.shape), dtype=np.float32)
     with tqdm(total=plan.n_tiles, unit="tile", desc="predict", disable=not progress, leave=False) as bar:
         for item in iter_tiles(volume, plan, normalizer, channels, batch_size):
@@ -52,9 +50,10 @@ def predict_logits(model: torch.nn.Module, volume: Volume, normalizer: Normalize
             if finished is None:
                 continue
             z0, block = finished
-            lo, hi = max(z0, pz), min(z0 + block.shape[1], z_end)
-            if hi > lo:
-                out[:, lo - pz:hi - pz] = block[:, lo - z0:hi - z0, py:py + plan.shape[1], px:px + plan.shape[2]]
+            part = plan.volume_part(z0, block.shape[1])
+            if part is not None:
+                first, crop = part
+                out[:, first:first + crop[0].stop - crop[0].start] = block[(slice(None), *crop)]
     return out
 
 
