@@ -18,7 +18,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -194,6 +194,24 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, pre
     precision.scaler.step(optimizer)
     precision.scaler.update()
     optimizer.zero_grad(set_to_none=True)
+
+
+def train_step(step: int, config, ddp_model: torch.nn.Module, model: torch.nn.Module,
+               optimizer: torch.optim.Optimizer, precision: Precision, dist: DistInfo,
+               micro_loss: Callable[[], torch.Tensor]) -> tuple[float, float]:
+    """One optimiser step at the scheduled LR over ``config.grad_accum`` micro-batches, each
+    ``micro_loss()`` (draws a batch, runs ``ddp_model``; called under autocast, gradients synchronised
+    on the last one). Returns ``(lr, loss averaged over the micro-batches)``."""
+    lr = lr_at(step, config.steps, config.lr, config.warmup_steps, config.min_lr_ratio)
+    set_lr(optimizer, lr)
+    total = 0.0
+    for micro in range(config.grad_accum):
+        with no_sync(ddp_model, sync=micro == config.grad_accum - 1), precision.autocast(dist.device):
+            loss = micro_loss() / config.grad_accum
+        precision.scaler.scale(loss).backward()
+        total += loss.item()
+    optimizer_step(model, optimizer, precision, config.grad_clip)
+    return lr, total
 
 
 def report_progress(bar, step: int, steps: int, loss: float, lr: float, rate: float, dist: DistInfo) -> None:

@@ -90,18 +90,15 @@ def _finetune(config: FinetuneConfig, dist: engine.DistInfo, in_memory: Sequence
                disable=not (config.progress and dist.is_main))
     loss_sum, loss_n, last_loss, metrics = 0.0, 0, float("nan"), {}
     ddp_model.train()
+
+    def micro_loss():
+        batch = sampler.batch(config.batch_size)
+        x, labels = engine.move((batch.image, batch.labels.astype(np.int64)), dist.device)
+        return dice_ce_loss(ddp_model(x), labels, config.dice_weight, config.ce_weight)
+
     for step in bar:
-        lr = engine.lr_at(step, config.steps, config.lr, config.warmup_steps, config.min_lr_ratio)
-        engine.set_lr(optimizer, lr)
-        for micro in range(config.grad_accum):
-            batch = sampler.batch(config.batch_size)
-            x, labels = engine.move((batch.image, batch.labels.astype(np.int64)), dist.device)
-            with engine.no_sync(ddp_model, sync=micro == config.grad_accum - 1), precision.autocast(dist.device):
-                logits = ddp_model(x)
-                loss = dice_ce_loss(logits, labels, config.dice_weight, config.ce_weight) / config.grad_accum
-            precision.scaler.scale(loss).backward()
-            loss_sum += loss.item()
-        engine.optimizer_step(model, optimizer, precision, config.grad_clip)
+        lr, loss = engine.train_step(step, config, ddp_model, model, optimizer, precision, dist, micro_loss)
+        loss_sum += loss
         loss_n += 1
         meter.add(config.batch_size * config.grad_accum * dist.world_size)
 

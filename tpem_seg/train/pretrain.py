@@ -76,18 +76,14 @@ def _pretrain(config: PretrainConfig, dist: engine.DistInfo, in_memory: Sequence
                disable=not (config.progress and dist.is_main))
     loss_sum, loss_n, last_loss = 0.0, 0, float("nan")
     ddp_model.train()
+
+    def micro_loss():
+        x, mask, valid = engine.move(masked_batch(sampler, config), dist.device)
+        return masked_l1(ddp_model(x, mask).float(), x, mask, valid)
+
     for step in bar:
-        lr = engine.lr_at(step, config.steps, config.lr, config.warmup_steps, config.min_lr_ratio)
-        engine.set_lr(optimizer, lr)
-        for micro in range(config.grad_accum):
-            x, mask, valid = masked_batch(sampler, config)
-            x, mask, valid = engine.move((x, mask, valid), dist.device)
-            with engine.no_sync(ddp_model, sync=micro == config.grad_accum - 1), precision.autocast(dist.device):
-                pred = ddp_model(x, mask)
-                loss = masked_l1(pred.float(), x, mask, valid) / config.grad_accum
-            precision.scaler.scale(loss).backward()
-            loss_sum += loss.item()
-        engine.optimizer_step(model, optimizer, precision, config.grad_clip)
+        lr, loss = engine.train_step(step, config, ddp_model, model, optimizer, precision, dist, micro_loss)
+        loss_sum += loss
         loss_n += 1
         meter.add(config.batch_size * config.grad_accum * dist.world_size)
 
