@@ -214,28 +214,33 @@ def train_step(step: int, config, ddp_model: torch.nn.Module, model: torch.nn.Mo
     return lr, total
 
 
-def report_progress(bar, step: int, steps: int, loss: float, lr: float, rate: float, dist: DistInfo) -> None:
-    """Show loss, learning rate and patches/s on the bar; log them from the main process."""
-    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", patches_s=f"{rate:.1f}")
-    if dist.is_main:
-        log.info("step %d/%d  loss %.4f  lr %.2e  %.1f patches/s", step, steps, loss, lr, rate)
+class StepLog:
+    """The loss and patches/s of the steps since the last report; reports every ``config.log_every``
+    steps and at the last one (on ``bar``, and in the log from the main process). ``last_loss`` is
+    the mean loss of the latest report (averaged over the ranks), NaN before the first."""
 
+    def __init__(self, config, dist: DistInfo, bar) -> None:
+        self.config, self.dist, self.bar = config, dist, bar
+        self.last_loss = float("nan")
+        self._sum, self._n = 0.0, 0
+        self._t, self._patches = time.perf_counter(), 0
 
-class Throughput:
-    """Patches per second since the last :meth:`rate` call."""
-
-    def __init__(self) -> None:
-        self._t = time.perf_counter()
-        self._n = 0
-
-    def add(self, n: int) -> None:
-        self._n += n
-
-    def rate(self) -> float:
+    def add(self, step: int, lr: float, loss: float) -> None:
+        """Record optimiser step ``step`` (0-based) and report when due."""
+        config = self.config
+        self._sum += loss
+        self._n += 1
+        self._patches += config.batch_size * config.grad_accum * self.dist.world_size
+        done = step + 1
+        if done % config.log_every and done != config.steps:
+            return
+        self.last_loss = mean_across_ranks(self._sum / self._n, self.dist)
         now = time.perf_counter()
-        rate = self._n / max(now - self._t, 1e-9)
-        self._t, self._n = now, 0
-        return rate
+        rate = self._patches / max(now - self._t, 1e-9)
+        self._sum, self._n, self._t, self._patches = 0.0, 0, now, 0
+        self.bar.set_postfix(loss=f"{self.last_loss:.4f}", lr=f"{lr:.2e}", patches_s=f"{rate:.1f}")
+        if self.dist.is_main:
+            log.info("step %d/%d  loss %.4f  lr %.2e  %.1f patches/s", done, config.steps, self.last_loss, lr, rate)
 
 
 def command_line() -> str:

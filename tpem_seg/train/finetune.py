@@ -85,10 +85,9 @@ def _finetune(config: FinetuneConfig, dist: engine.DistInfo, in_memory: Sequence
                  "pretrained encoder" if config.pretrained else "from scratch", len(volumes), config.label_fraction,
                  config.label_unit, config.steps, config.batch_size, config.grad_accum, dist.world_size)
 
-    meter = engine.Throughput()
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="finetune", unit="step",
                disable=not (config.progress and dist.is_main))
-    loss_sum, loss_n, last_loss, metrics = 0.0, 0, float("nan"), {}
+    steplog, metrics = engine.StepLog(config, dist, bar), {}
     ddp_model.train()
 
     def micro_loss():
@@ -98,15 +97,7 @@ def _finetune(config: FinetuneConfig, dist: engine.DistInfo, in_memory: Sequence
 
     for step in bar:
         lr, loss = engine.train_step(step, config, ddp_model, model, optimizer, precision, dist, micro_loss)
-        loss_sum += loss
-        loss_n += 1
-        meter.add(config.batch_size * config.grad_accum * dist.world_size)
-
-        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-            last_loss = engine.mean_across_ranks(loss_sum / loss_n, dist)
-            rate = meter.rate()
-            loss_sum, loss_n = 0.0, 0
-            engine.report_progress(bar, step + 1, config.steps, last_loss, lr, rate, dist)
+        steplog.add(step, lr, loss)
 
         last_step = step + 1 == config.steps
         if (config.val or in_memory_val) and ((step + 1) % config.val_every == 0 or last_step):
@@ -114,19 +105,20 @@ def _finetune(config: FinetuneConfig, dist: engine.DistInfo, in_memory: Sequence
                 metrics = validate(model, val_volumes, model_config, classes, config, dist.device)
                 if metrics["dice/mean"] > best:
                     best = metrics["dice/mean"]
-                    save(out / "best.pt", model, config, volumes, step + 1, last_loss, {**metrics, "best": best})
+                    save(out / "best.pt", model, config, volumes, step + 1, steplog.last_loss,
+                         {**metrics, "best": best})
                 log.info("step %d  validation %s  (best Dice %.4f)", step + 1,
                          "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()), best)
             engine.barrier(dist)
             ddp_model.train()
         if dist.is_main and (last_step or (config.save_every and (step + 1) % config.save_every == 0)):
-            save(out / "last.pt", model, config, volumes, step + 1, last_loss, metrics, optimizer, precision)
+            save(out / "last.pt", model, config, volumes, step + 1, steplog.last_loss, metrics, optimizer, precision)
     bar.close()
     engine.check_in_sync(model, dist)
     best_path = out / "best.pt"
     if dist.is_main and not (config.val or in_memory_val):
         # without validation data the last weights are the only candidate
-        save(best_path, model, config, volumes, config.steps, last_loss, metrics)
+        save(best_path, model, config, volumes, config.steps, steplog.last_loss, metrics)
         log.info("no validation volumes: best.pt is the last step's weights")
     engine.barrier(dist)
     return best_path

@@ -71,10 +71,9 @@ def _pretrain(config: PretrainConfig, dist: engine.DistInfo, in_memory: Sequence
                  len(volumes), config.masking, config.mask_ratio, "x".join(map(str, config.mask_patch)),
                  mask_space, config.steps, config.batch_size, config.grad_accum, dist.world_size)
 
-    meter = engine.Throughput()
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="pretrain", unit="step",
                disable=not (config.progress and dist.is_main))
-    loss_sum, loss_n, last_loss = 0.0, 0, float("nan")
+    steplog = engine.StepLog(config, dist, bar)
     ddp_model.train()
 
     def micro_loss():
@@ -83,23 +82,15 @@ def _pretrain(config: PretrainConfig, dist: engine.DistInfo, in_memory: Sequence
 
     for step in bar:
         lr, loss = engine.train_step(step, config, ddp_model, model, optimizer, precision, dist, micro_loss)
-        loss_sum += loss
-        loss_n += 1
-        meter.add(config.batch_size * config.grad_accum * dist.world_size)
-
-        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-            last_loss = engine.mean_across_ranks(loss_sum / loss_n, dist)
-            rate = meter.rate()
-            loss_sum, loss_n = 0.0, 0
-            engine.report_progress(bar, step + 1, config.steps, last_loss, lr, rate, dist)
+        steplog.add(step, lr, loss)
         if dist.is_main and config.save_every and (step + 1) % config.save_every == 0 and step + 1 < config.steps:
-            save(out / "last.pt", model, optimizer, precision, config, volumes, step + 1, last_loss, mask_space)
+            save(out / "last.pt", model, optimizer, precision, config, volumes, step + 1, steplog.last_loss, mask_space)
     bar.close()
     engine.check_in_sync(model, dist)
     path = out / "last.pt"
     if dist.is_main:
-        save(path, model, optimizer, precision, config, volumes, config.steps, last_loss, mask_space)
-        log.info("pretraining done: masked L1 %.4f; checkpoint %s", last_loss, path)
+        save(path, model, optimizer, precision, config, volumes, config.steps, steplog.last_loss, mask_space)
+        log.info("pretraining done: masked L1 %.4f; checkpoint %s", steplog.last_loss, path)
     engine.barrier(dist)
     return path
 
