@@ -75,6 +75,18 @@ def test_correct_backends_agree_with_the_baseline(report):
     assert report.record("torch-bf16").agreement.max_abs_prob_diff > 0  # reduced precision is not bit-exact
 
 
+def test_no_resampling_whatever_the_voxel_size(package_1ch):
+    """The configurations run on the voxels the baseline sees, even when the input's voxel size
+    differs from the package's (the Segmenter would otherwise resample to it)."""
+    volume, info = B.load_input("synthetic:16,32,40", 1, seed=3)
+    volume.spacing = (5.0, 2.0, 2.0)  # the package's is (5, 1, 1)
+    runners = B.make_runners(package_1ch, [B.BenchConfig("torch", "fp32")], SETTINGS, "cpu")
+    report = B.run_bench(volume, package_1ch, runners, SETTINGS, command="pytest", input_info=info,
+                         progress=lambda line: None)
+    a = report.record("torch-fp32").agreement
+    assert a.voxel_agreement > 0.999 and a.max_abs_prob_diff < 1e-3, a
+
+
 def test_agreement_catches_a_wrong_backend(report):
     a = report.record("perturbed").agreement
     assert not a.ok
@@ -110,9 +122,12 @@ def test_reports_carry_the_command_machine_and_table(report, tmp_path):
 
 
 def test_configuration_names_round_trip():
-    for name in ("torch-bf16-cl-cast", "onnxruntime-fp32-nospin-t1", "torch-fp16-compile-graphs"):
+    for name in ("torch-bf16-cl-cast", "torch-bf16-nocl-nocast", "onnxruntime-fp32-nospin-t1",
+                 "torch-fp16-compile-graphs"):
         assert B.BenchConfig.parse(name).name == name
     assert B.BenchConfig.parse("torch-bf16-cast").cast_weights
+    assert B.BenchConfig.parse("torch-bf16-nocast").cast_weights is False
+    assert B.BenchConfig.parse("torch-bf16").channels_last is None  # the backend's default
     with pytest.raises(InputError, match="unknown flag"):
         B.BenchConfig.parse("torch-bf16-fast")
 
