@@ -26,6 +26,9 @@ log = logging.getLogger("tpem_seg")
 def _configure(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="-v info, -vv debug")) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from tpem_seg.runtime.allocator import keep_freed_memory
+
+    log.debug("malloc: %s", keep_freed_memory())
 
 
 def parse_floats(text: Optional[str], n: int, what: str) -> Optional[tuple[float, ...]]:
@@ -90,7 +93,7 @@ def run(
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     precision: str = typer.Option("fp32", help="fp32 | fp16 | bf16"),
     overlap: float = typer.Option(0.25, help="tile overlap fraction per axis"),
-    batch_size: Optional[int] = typer.Option(None, help="tiles per network call [default: 4 GPU, 2 CPU]"),
+    batch_size: Optional[int] = typer.Option(None, help="tiles per network call [default: the backend's; 2 on a CPU, up to 8 small tiles for torch bf16]"),
     axes: Optional[str] = typer.Option(None, help="input axes when metadata lacks them, e.g. CZYX"),
     channels: Optional[str] = typer.Option(None, help="input channels for the model, in order, e.g. 0,1"),
     spacing: Optional[str] = typer.Option(None, help="input voxel size z,y,x in µm, e.g. 5,0.99,0.99"),
