@@ -41,7 +41,8 @@ class TileOptions:
     """How tiles are laid and blended.
 
     overlap: fraction of a tile shared with its neighbour, per axis, in [0, 1).
-    batch_size: tiles per backend call (None: 4 on a GPU, 2 on a CPU).
+    batch_size: tiles per backend call (None: the backend's default: on a GPU the torch path picks it
+        from free memory, others 4; on a CPU 2, or up to 8 small tiles for torch bf16).
     tta: average the 8 flips of every tile (8x the compute).
     sigma_scale: Gaussian blending sigma as a fraction of the tile (1/8).
     skip_empty: do not run the network on tiles without foreground; they get background logits
@@ -264,7 +265,7 @@ class Segmenter:
             self._skipped, self._batch_size = run.skipped, run.backoff.batch_size
             return plan.n_tiles
         stitcher = Stitcher(manifest.config.out_channels, plan.padded, plan.tile, weights)
-        batch_size = self.options.batch_size or (4 if self.backend.device.startswith("cuda") else 2)
+        batch_size = self.options.batch_size or self.backend.default_batch_size()
         self._batch_size = batch_size
         with tqdm(total=plan.n_tiles, unit="tile", desc="segment", disable=not self.progress,
                   leave=False) as bar:

@@ -75,6 +75,10 @@ class Backend(ABC):
             log.info("loaded %s", self.describe())
         return self
 
+    def default_batch_size(self) -> int:
+        """Tiles per call when the caller names no batch size: 4 on a GPU, 2 on a CPU."""
+        return 4 if self.device.startswith("cuda") else 2
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Logits ``(N, K, D, H, W)`` float32 for normalised tiles ``(N, C, D, H, W)`` float32."""
         if not self._loaded:
