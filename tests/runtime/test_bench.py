@@ -122,12 +122,9 @@ def test_reports_carry_the_command_machine_and_table(report, tmp_path):
 
 
 def test_configuration_names_round_trip():
-    for name in ("torch-bf16-cl-cast", "torch-bf16-nocl-nocast", "onnxruntime-fp32-nospin-t1",
-                 "torch-fp16-compile-graphs"):
+    for name in ("torch-bf16-cl-cast", "onnxruntime-fp32-nospin-t1", "torch-fp16-compile-graphs"):
         assert B.BenchConfig.parse(name).name == name
     assert B.BenchConfig.parse("torch-bf16-cast").cast_weights
-    assert B.BenchConfig.parse("torch-bf16-nocast").cast_weights is False
-    assert B.BenchConfig.parse("torch-bf16").channels_last is None  # the backend's default
     with pytest.raises(InputError, match="unknown flag"):
         B.BenchConfig.parse("torch-bf16-fast")
 

@@ -62,8 +62,7 @@ class BenchConfig:
 
     backend: ``baseline`` (MONAI sliding window, PyTorch eager fp32), ``torch``, ``onnxruntime``
     or ``tensorrt``; precision: fp32, fp16, bf16, or int8 (onnxruntime: a statically quantised
-    QDQ copy of the model); compile / cuda_graphs / channels_last / cast_weights: torch backend options
-    (channels_last / cast_weights None: the backend's default, on for bf16 on a CPU).
+    QDQ copy of the model); compile / cuda_graphs / channels_last / cast_weights: torch backend options.
     """
 
     backend: str
@@ -71,24 +70,23 @@ class BenchConfig:
     device: str = "cpu"
     compile: bool = False
     cuda_graphs: bool = False
-    channels_last: bool | None = None
-    cast_weights: bool | None = None
+    channels_last: bool = False
+    cast_weights: bool = False
     spinning: bool | None = None
     threads: int | None = None
     label: str | None = None  # a name of its own, e.g. for an injected backend
 
     @property
     def name(self) -> str:
-        """``backend-precision[-flag...]``, flags: compile, graphs, cl / nocl (channels-last on / off),
-        cast / nocast (weights cast to the precision instead of autocast, on / off; neither: the backend's
-        default), nospin, t<N> (ONNX Runtime threads); ``@cuda`` on a GPU. :meth:`parse` reads it back."""
+        """``backend-precision[-flag...]``, flags: compile, graphs, cl (channels-last), cast (weights cast to
+        the precision instead of autocast), nospin, t<N> (ONNX Runtime threads); ``@cuda`` on a GPU.
+        :meth:`parse` reads it back."""
         if self.label:
             return self.label
         if self.backend == BASELINE:
             return BASELINE
         flags = [f for f, on in (("compile", self.compile), ("graphs", self.cuda_graphs),
-                                 ("cl", self.channels_last is True), ("nocl", self.channels_last is False),
-                                 ("cast", self.cast_weights is True), ("nocast", self.cast_weights is False),
+                                 ("cl", self.channels_last), ("cast", self.cast_weights),
                                  ("nospin", self.spinning is False)) if on]
         flags += [f"t{self.threads}"] if self.threads else []
         return "-".join([self.backend, self.precision, *flags]) + ("" if self.device == "cpu" else f"@{self.device}")
@@ -101,8 +99,7 @@ class BenchConfig:
             raise InputError(f"configuration {name!r} must read BACKEND-PRECISION[-FLAG...], e.g. torch-bf16-cl")
         kwargs: dict = {}
         switches = {"compile": ("compile", True), "graphs": ("cuda_graphs", True), "cl": ("channels_last", True),
-                    "nocl": ("channels_last", False), "cast": ("cast_weights", True),
-                    "nocast": ("cast_weights", False), "nospin": ("spinning", False)}
+                    "cast": ("cast_weights", True), "nospin": ("spinning", False)}
         for flag in parts[2:]:
             if flag in switches:
                 field_name, value = switches[flag]
@@ -723,7 +720,7 @@ def default_configs(device: str, backends: Sequence[str], precisions: Sequence[s
             reduced = backend == "torch" and precision in ("fp16", "bf16")
             configs.append(BenchConfig(backend, precision, device, compile=compile and reduced,
                                        cuda_graphs=cuda_graphs and reduced and gpu,
-                                       channels_last=True if channels_last and backend == "torch" else None))
+                                       channels_last=channels_last and backend == "torch"))
     return configs
 
 

@@ -100,7 +100,7 @@ def bench(
     seed: int = typer.Option(0, help="seed of synthetic volumes and random weights"),
     configs: Optional[str] = typer.Option(None, help="explicit configurations instead of --backends x "
                                           "--precisions, e.g. torch-bf16,torch-bf16-cl,onnxruntime-fp32-nospin "
-                                          "(flags: compile, graphs, cl/nocl, cast/nocast, nospin, t<N>)"),
+                                          "(flags: compile, graphs, cl, cast, nospin, t<N>)"),
 ) -> None:
     """Time tpem-seg configurations against MONAI's sliding window in PyTorch eager FP32 (the baseline)."""
     from tpem_seg.runtime import bench as B
