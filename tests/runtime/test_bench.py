@@ -159,8 +159,8 @@ def test_cli_bench_writes_json_and_markdown(package_2ch, tmp_path, capsys, monke
     monkeypatch.setattr(B, "_matmul_peaks", lambda device, precisions, settings: {"fp32": 1e11})
 
     argv = ["bench", "synthetic:16,32,32", "--model", str(package_2ch.path), "--backends", "onnxruntime",
-            "--precisions", "fp32", "--device", "cpu", "--repeats", "1", "--json", str(tmp_path / "b.json"),
-            "--markdown", str(tmp_path / "b.md")]
+            "--precisions", "fp32", "--device", "cpu", "--repeats", "1", "--baseline-batch-size", "3",
+            "--json", str(tmp_path / "b.json"), "--markdown", str(tmp_path / "b.md")]
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code in (0, None)
@@ -169,3 +169,15 @@ def test_cli_bench_writes_json_and_markdown(package_2ch, tmp_path, capsys, monke
     data = json.loads((tmp_path / "b.json").read_text())
     assert [r["status"] for r in data["records"]] == ["ok", "ok"]
     assert "bench" in data["command"]
+    assert [r["batch_size"] for r in data["records"]] == [3, 2]  # the baseline's own, then the backend's
+
+
+def test_baseline_batch_size():
+    assert B.BenchSettings().baseline_batch("cpu") == 2 and B.BenchSettings().baseline_batch("cuda") == 4
+    assert B.BenchSettings(batch_size=3).baseline_batch("cpu") == 3
+    assert B.BenchSettings(batch_size=3, baseline_batch_size=8).baseline_batch("cpu") == 8
+
+
+def test_cli_bench_rejects_a_batch_below_one(cli, package_2ch):
+    result = cli(["bench", "synthetic:8,16,16", "--model", str(package_2ch.path), "--baseline-batch-size", "0"])
+    assert result.exit_code == 2 and "at least 1" in result.stderr

@@ -115,8 +115,9 @@ class BenchConfig:
 class BenchSettings:
     """What all configurations share: tiles, blending, batch, repeats.
 
-    batch_size None: the Segmenter's default (2 on a CPU; on a GPU the torch path picks it from
-    free memory, others 4), the baseline's ``sw_batch_size`` is 2 (CPU) or 4 (GPU).
+    batch_size None: each backend's default (on a CPU 2, and up to 8 small tiles for torch bf16; on a
+    GPU the torch path picks it from free memory, others 4). The baseline's ``sw_batch_size`` is
+    ``baseline_batch_size``, else ``batch_size``, else 2 (CPU) or 4 (GPU).
     ``budget_s``: configurations not yet warmed up when this many seconds have passed are skipped.
     ``peak_*``: the matmul peak measurement (:func:`~tpem_seg.runtime.flops.measure_matmul_peak`).
     """
@@ -124,6 +125,7 @@ class BenchSettings:
     overlap: float = 0.25
     sigma_scale: float = 0.125
     batch_size: int | None = None
+    baseline_batch_size: int | None = None
     warmup: int = 1
     repeats: int = 3
     network_repeats: int | None = None
@@ -134,7 +136,7 @@ class BenchSettings:
     peak_min_seconds: float = 0.3
 
     def baseline_batch(self, device: str) -> int:
-        return self.batch_size or (4 if device.startswith("cuda") else 2)
+        return self.baseline_batch_size or self.batch_size or (4 if device.startswith("cuda") else 2)
 
 
 @dataclass
@@ -1046,7 +1048,7 @@ def markdown_report(report: BenchReport) -> str:
         f"{'x'.join(map(str, report.package['tile']))}, {report.flops_per_tile / 1e9:.1f} GFLOP per tile "
         f"(FlopCounterMode: matmuls and convolutions)",
         f"- settings: overlap {s.overlap}, Gaussian sigma {s.sigma_scale} x tile, batch "
-        f"{s.batch_size or 'default'}, {s.warmup} warm-up run(s), {s.repeats} timed end-to-end repeats and "
+        f"{s.batch_size or 'default'} (baseline {s.baseline_batch('cuda' if gpu else 'cpu')}), {s.warmup} warm-up run(s), {s.repeats} timed end-to-end repeats and "
         f"{s.network_repeats or s.repeats} network-only repeats, interleaved",
         f"- measured dense matmul peak (best of {s.peak_repeats}, before and after the runs; torch, and for fp32 "
         f"on the CPU also ONNX Runtime's MatMul, the better counts): {peaks}",

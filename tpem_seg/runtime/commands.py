@@ -85,7 +85,9 @@ def bench(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON here"),
     markdown_out: Optional[Path] = typer.Option(None, "--markdown", help="write the report as markdown here"),
     overlap: float = typer.Option(0.25, help="tile overlap fraction per axis"),
-    batch_size: Optional[int] = typer.Option(None, help="tiles per network call [default: the Segmenter's]"),
+    batch_size: Optional[int] = typer.Option(None, help="tiles per network call [default: each backend's]"),
+    baseline_batch_size: Optional[int] = typer.Option(None, help="the baseline's sw_batch_size [default: "
+                                                      "--batch-size, else 2 on a CPU, 4 on a GPU]"),
     warmup: int = typer.Option(1, help="warm-up runs per configuration (the first gives the agreement)"),
     repeats: int = typer.Option(3, help="timed end-to-end runs per configuration, interleaved"),
     network_repeats: Optional[int] = typer.Option(None, help="timed network-only passes [default: --repeats]"),
@@ -112,7 +114,10 @@ def bench(
                              "--precisions", ("fp32", "fp16", "bf16", "int8"))
     if repeats < 1 or warmup < 1:
         raise InputError("--repeats and --warmup must be at least 1")
-    settings = B.BenchSettings(overlap=overlap, batch_size=batch_size, warmup=warmup, repeats=repeats,
+    if min(batch_size or 1, baseline_batch_size or 1) < 1:
+        raise InputError("--batch-size and --baseline-batch-size must be at least 1")
+    settings = B.BenchSettings(overlap=overlap, batch_size=batch_size, baseline_batch_size=baseline_batch_size,
+                               warmup=warmup, repeats=repeats,
                                network_repeats=network_repeats, budget_s=budget)
     package = resolve_bench_model(model, bench_cache_dir(), seed)
     volume, input_info = B.load_input(input, package.manifest.config.in_channels, B.parse_crop(crop), axes, seed)
