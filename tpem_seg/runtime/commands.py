@@ -114,7 +114,7 @@ def bench(
                              "--precisions", ("fp32", "fp16", "bf16", "int8"))
     if repeats < 1 or warmup < 1:
         raise InputError("--repeats and --warmup must be at least 1")
-    if min(batch_size or 1, baseline_batch_size or 1) < 1:
+    if any(b is not None and b < 1 for b in (batch_size, baseline_batch_size)):
         raise InputError("--batch-size and --baseline-batch-size must be at least 1")
     settings = B.BenchSettings(overlap=overlap, batch_size=batch_size, baseline_batch_size=baseline_batch_size,
                                warmup=warmup, repeats=repeats,
