@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 import os
 import platform
-
-log = logging.getLogger(__name__)
 
 #: ``mallopt`` parameters (glibc's malloc.h).
 M_TRIM_THRESHOLD = -1

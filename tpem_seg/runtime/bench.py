@@ -598,13 +598,13 @@ class SegmenterRunner:
         if config.backend == "torch":
             from tpem_seg.runtime.backends.torch_backend import TorchBackend
 
-            # Fixed shapes for compiled graphs: pad the last, smaller batch of a row to the full batch.
-            static = (self.settings.batch_size or (4 if config.device.startswith("cuda") else 2)) \
-                if (config.compile or config.cuda_graphs) else None
-            return TorchBackend(self.package, device=config.device, precision=config.precision,
-                                compile=config.compile, cuda_graphs=config.cuda_graphs,
-                                channels_last=config.channels_last, cast_weights=config.cast_weights,
-                                static_batch=static)
+            backend = TorchBackend(self.package, device=config.device, precision=config.precision,
+                                   compile=config.compile, cuda_graphs=config.cuda_graphs,
+                                   channels_last=config.channels_last, cast_weights=config.cast_weights)
+            if config.compile or config.cuda_graphs:
+                # Fixed shapes for compiled graphs: pad the last, smaller batch of a row to the full batch.
+                backend.static_batch = self.settings.batch_size or backend.default_batch_size()
+            return backend
         if config.backend == "onnxruntime" and config.precision == "int8":
             from tpem_seg.runtime.backends.ort_backend import OnnxRuntimeBackend
             from tpem_seg.runtime.quantize import quantize_static_int8

@@ -415,11 +415,8 @@ class GpuStitchRun:
 
     def _auto_batch_size(self, in_channels: int) -> int:
         """Tiles per call from the free GPU memory and one tile's measured need (a warm-up call, too)."""
-        static = getattr(self.backend, "static_batch", None)
-        if static:
-            return int(static)
-        if self.device.type != "cuda":
-            return 2  # the CPU default of the Segmenter
+        if getattr(self.backend, "static_batch", None) or self.device.type != "cuda":
+            return self.backend.default_batch_size()
         voxels = int(np.prod(self.plan.tile))
         sample = torch.zeros((1, in_channels, *self.plan.tile), device=self.device)
         activations = measure_tile_bytes(self.forward, sample)

@@ -69,10 +69,13 @@ class TorchBackend(Backend):
         return package.weights_path is not None
 
     def default_batch_size(self) -> int:
-        """For bf16 on a CPU, enough small tiles per call to fill about :data:`CPU_BF16_BATCH_VOXELS`
-        (from 2 to 8 tiles): its convolutions gain from the larger batch (``vessels-2p`` tiles:
-        12.4 ms per tile at 8 against 21.6 ms at 2), while fp32 does not (24.6 against 26.9 ms,
-        and 31 ms at 16). Otherwise the base class's choice."""
+        """``static_batch`` where set (the batch every call is padded to). For bf16 on a CPU, enough
+        small tiles per call to fill about :data:`CPU_BF16_BATCH_VOXELS` (from 2 to 8 tiles): its
+        convolutions gain from the larger batch (``vessels-2p`` tiles: 12.4 ms per tile at 8 against
+        21.6 ms at 2), while fp32 does not (24.6 against 26.9 ms, and 31 ms at 16). Otherwise the
+        base class's choice."""
+        if self.static_batch:
+            return self.static_batch
         if self.device == "cpu" and self.precision == "bf16":
             return max(2, min(8, CPU_BF16_BATCH_VOXELS // math.prod(self.input_spec.tile)))
         return super().default_batch_size()
