@@ -19,6 +19,7 @@ from typing import List, Optional
 import typer
 
 from tpem_seg.errors import TpemSegError
+from tpem_seg.util.numbers import parse_numbers
 
 log = logging.getLogger(__name__)
 
@@ -202,13 +203,10 @@ def simulate(
     import os
     import tempfile
 
-    from tpem_seg.cli import parse_floats
     from tpem_seg.train.simulate import save_simulated, simulate_volume
 
-    shape_t = parse_shape(shape)
-    spacing_t = parse_floats(spacing, 3, "--spacing")
-    if any(s <= 0 for s in spacing_t):
-        raise TpemSegError(f"--spacing {spacing} must be three positive voxel sizes in µm, e.g. 5,1,1")
+    shape_t = parse_numbers(shape.replace("x", ","), "--shape", 3, int, "16,128,128", positive=True)
+    spacing_t = parse_numbers(spacing, "--spacing", 3, example="5,1,1", positive=True)
     if output.suffix.lower() not in (".tif", ".tiff"):
         raise TpemSegError(f"{output}: the simulator writes TIFF; name the output NAME.tif")
     with training_logs():
@@ -222,12 +220,3 @@ def simulate(
     typer.echo(f"{output}: {'x'.join(map(str, shape_t))} voxels at {','.join(f'{s:g}' for s in spacing_t)} µm, "
                f"2 channels (vessel, neuron){f'; labels {labels}' if labels else ''}", err=True)
 
-
-def parse_shape(text: str) -> tuple[int, int, int]:
-    try:
-        values = tuple(int(v) for v in text.replace("x", ",").split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3 or min(values) < 1:
-        raise TpemSegError(f"--shape {text!r} must be three positive voxel counts Z,Y,X, e.g. 16,128,128")
-    return values  # type: ignore[return-value]
