@@ -10,7 +10,6 @@ this module is the CLI's face, above the layers; the runtime proper never import
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -19,6 +18,7 @@ import typer
 
 from tpem_seg.cli.common import command_line
 from tpem_seg.errors import InputError
+from tpem_seg.util.cache import cache_root
 from tpem_seg.util.numbers import parse_choices, parse_ranges
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,8 @@ def register(app: typer.Typer) -> None:
 
 
 def bench_cache_dir() -> Path:
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tpem-seg"
-    return Path(os.environ.get("TPEM_SEG_CACHE") or default) / "bench"
+    """Where packages with random weights for benchmarks are built once."""
+    return cache_root() / "bench"
 
 
 def resolve_bench_model(model: str, cache: Path, seed: int = 0):

@@ -200,23 +200,14 @@ def simulate(
     seed: int = typer.Option(0, "--seed", help="same seed, shape and spacing: the same volume"),
 ) -> None:
     """Simulate a two-channel two-photon volume (vessels, neurons) with exact labels."""
-    import os
-    import tempfile
-
-    from tpem_seg.train.simulate import save_simulated, simulate_volume
+    from tpem_seg.sim import save_simulated, simulate_volume
 
     shape_t = parse_numbers(shape.replace("x", ","), "--shape", 3, int, "16,128,128", positive=True)
     spacing_t = parse_numbers(spacing, "--spacing", 3, example="5,1,1", positive=True)
     if output.suffix.lower() not in (".tif", ".tiff"):
         raise TpemSegError(f"{output}: the simulator writes TIFF; name the output NAME.tif")
     with training_logs():
-        sim = simulate_volume(shape_t, spacing_t, seed=seed)
-        if labels is not None:
-            save_simulated(sim, output, labels)
-        else:
-            # save_simulated writes both; the labels go to a scratch file when not asked for
-            with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmp:
-                save_simulated(sim, output, os.path.join(tmp, "labels.tif"))
+        save_simulated(simulate_volume(shape_t, spacing_t, seed=seed), output, labels)
     typer.echo(f"{output}: {'x'.join(map(str, shape_t))} voxels at {','.join(f'{s:g}' for s in spacing_t)} µm, "
                f"2 channels (vessel, neuron){f'; labels {labels}' if labels else ''}", err=True)
 

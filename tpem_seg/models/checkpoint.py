@@ -23,6 +23,7 @@ from typing import Any
 
 from tpem_seg.errors import TpemSegError
 from tpem_seg.models.registry import UNETRConfig
+from tpem_seg.util.atomic import atomic_path
 
 FORMAT = "tpem-seg-checkpoint"
 VERSION = 1
@@ -52,9 +53,8 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> Path:
         raise ValueError(f"checkpoint kind {checkpoint.kind!r} must be one of {KINDS}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save(checkpoint.to_dict(), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint.to_dict(), tmp)
     return path
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import numpy as np
 from tpem_seg.errors import BackendUnavailable
 from tpem_seg.runtime.backends.base import Backend
 from tpem_seg.runtime.devices import cpu_count, device_index
+from tpem_seg.util.cache import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,7 @@ def installed_providers() -> list[str]:
 
 def ort_tensorrt_cache_dir() -> Path:
     """Where ONNX Runtime's TensorRT provider keeps its engines and timing cache between sessions."""
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tpem-seg"
-    return Path(os.environ.get("TPEM_SEG_CACHE") or default) / "ort-tensorrt"
+    return cache_root() / "ort-tensorrt"
 
 
 def tensorrt_provider_options(index: int, precision: str, cache_dir: Path) -> dict:
