@@ -6,17 +6,11 @@ The public API::
     labels = Segmenter("vessels-2p").segment(read_volume("stack.tif"))
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from tpem_seg.errors import TpemSegError
 from tpem_seg.io import Volume, read_volume, write_volume
 from tpem_seg.models import ModelPackage, list_models, open_package, zoo_packages
 from tpem_seg.runtime import RunSummary, Segmenter, TileOptions
-
-try:
-    __version__ = version("tpem-seg")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+from tpem_seg.version import __version__
 
 __all__ = [
     "ModelPackage", "RunSummary", "Segmenter", "TileOptions", "TpemSegError", "Volume", "__version__",

@@ -110,7 +110,7 @@ def info() -> None:
 
     import numpy as np
 
-    from tpem_seg import __version__
+    from tpem_seg.version import __version__
     from tpem_seg.runtime.backends import available_backends
     from tpem_seg.runtime.devices import cpu_count, cpu_model, cpu_supports_bf16, cuda_device_count
 

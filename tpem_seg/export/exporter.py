@@ -176,7 +176,7 @@ def _check_count(flag: str, names: list[str], expected: int, what: str) -> None:
 
 def provenance(source: ExportSource, options: ExportOptions) -> dict[str, Any]:
     """Where the package came from: command, versions, commit, the source checkpoint and its training."""
-    from tpem_seg import __version__
+    from tpem_seg.version import __version__
 
     training = {k: source.meta[k] for k in ("command", "commit", "data", "train_config") if k in source.meta}
     return {

@@ -479,7 +479,8 @@ class BaselineRunner:
     def load(self) -> None:
         import torch
 
-        from tpem_seg.models.unetr import build_unetr, clean_state_dict
+        from tpem_seg.models.checkpoint import clean_state_dict
+        from tpem_seg.models.unetr import build_unetr
 
         self._torch = torch
         state = torch.load(self.package.weights_path, map_location="cpu", weights_only=True)

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from tpem_seg.errors import TpemSegError
 from tpem_seg.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from tpem_seg.models.registry import UNETRConfig, get_config
+from tpem_seg.models.config import UNETRConfig
+from tpem_seg.models.registry import get_config
 from tpem_seg.models.unetr import build_unetr
 from tpem_seg.train import engine
 from tpem_seg.train.config import FinetuneConfig, to_dict

@@ -88,7 +88,8 @@ class TorchBackend(Backend):
     def _load(self) -> None:
         import torch
 
-        from tpem_seg.models.unetr import build_unetr, clean_state_dict
+        from tpem_seg.models.checkpoint import clean_state_dict
+        from tpem_seg.models.unetr import build_unetr
 
         if self.package.weights_path is None:
             raise PackageError(f"package {self.package.name} carries no PyTorch weights; use --backend onnxruntime")
