@@ -35,6 +35,9 @@ BATCH = typer.Option(None, "--batch-size", help="patches per step and process")
 OUT = typer.Option(None, "--out", "-o", help="output folder for checkpoints")
 TRAIN = typer.Option(None, "--train", help="training volume IMAGE[=LABELS], repeatable (replaces the config's list)")
 PROGRESS = typer.Option(None, "--progress/--no-progress", help="progress bar")
+MODEL = typer.Option(None, "--model", help="architecture config, e.g. unetr-t16")
+IN_CHANNELS = typer.Option(None, "--in-channels", help="input channels of the network")
+RESUME = typer.Option(None, "--resume/--no-resume", help="continue from OUT/last.pt")
 
 
 def register(app: typer.Typer) -> None:
@@ -85,15 +88,15 @@ def pretrain_command(
     masking: Optional[str] = typer.Option(None, "--masking", help="random | intensity | channel"),
     mask_ratio: Optional[float] = typer.Option(None, "--mask-ratio", help="fraction of mask patches masked"),
     mask_patch: Optional[str] = typer.Option(None, "--mask-patch", help="mask-patch size D,H,W in voxels"),
-    model: Optional[str] = typer.Option(None, "--model", help="architecture config, e.g. unetr-t16"),
-    in_channels: Optional[int] = typer.Option(None, "--in-channels"),
+    model: Optional[str] = MODEL,
+    in_channels: Optional[int] = IN_CHANNELS,
     train: Optional[List[str]] = TRAIN,
     steps: Optional[int] = STEPS,
     batch_size: Optional[int] = BATCH,
     seed: Optional[int] = SEED,
     device: Optional[str] = DEVICE,
     out: Optional[str] = OUT,
-    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="continue from OUT/last.pt"),
+    resume: Optional[bool] = RESUME,
     progress: Optional[bool] = PROGRESS,
     sets: Optional[List[str]] = SETS,
 ) -> None:
@@ -117,8 +120,8 @@ def finetune_command(
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="pretrain checkpoint for the encoder"),
     label_fraction: Optional[float] = typer.Option(None, "--label-fraction", help="share of the annotation used"),
     label_unit: Optional[str] = typer.Option(None, "--label-unit", help="region | volume"),
-    model: Optional[str] = typer.Option(None, "--model", help="architecture config, e.g. unetr-t16"),
-    in_channels: Optional[int] = typer.Option(None, "--in-channels"),
+    model: Optional[str] = MODEL,
+    in_channels: Optional[int] = IN_CHANNELS,
     train: Optional[List[str]] = TRAIN,
     val: Optional[List[str]] = typer.Option(None, "--val", help="validation volume IMAGE=LABELS, repeatable"),
     steps: Optional[int] = STEPS,
@@ -126,7 +129,7 @@ def finetune_command(
     seed: Optional[int] = SEED,
     device: Optional[str] = DEVICE,
     out: Optional[str] = OUT,
-    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="continue from OUT/last.pt"),
+    resume: Optional[bool] = RESUME,
     progress: Optional[bool] = PROGRESS,
     sets: Optional[List[str]] = SETS,
 ) -> None:
