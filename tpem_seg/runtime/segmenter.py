@@ -187,7 +187,8 @@ class Segmenter:
         with open_writer(dst, shape=(k, *shape) if probabilities else shape,
                          dtype=np.float16 if probabilities else np.uint8,
                          axes="CZYX" if probabilities else "ZYX", spacing=volume.spacing,
-                         channel_names=self.package.manifest.classes if probabilities else None) as writer:
+                         channel_names=self.package.manifest.classes if probabilities else None,
+                         label_names=None if probabilities else self.package.manifest.classes) as writer:
             background = BackgroundWriter(writer.write)
             try:
                 summary = self._segment_volume(volume, background.submit)
