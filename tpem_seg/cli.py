@@ -188,7 +188,8 @@ def models(packages: List[Path] = typer.Argument(None, help="package folders to 
 
 #: Modules whose ``register(app)`` adds their commands; each imports its heavy libraries
 #: (torch, MONAI) inside the command bodies, so ``tpem-seg run`` stays light.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("tpem_seg.train.commands", "tpem_seg.export.commands", "tpem_seg.runtime.commands")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("tpem_seg.train.commands", "tpem_seg.export.commands", "tpem_seg.runtime.commands",
+                                       "tpem_seg.export.bioimageio_commands")
 
 
 def _register_subcommands() -> None:

@@ -124,6 +124,19 @@ def get_config(name: str, **overrides: Any) -> UNETRConfig:
     return replace(get_spec(name).config, **overrides)
 
 
+def unetr_kwargs(config: UNETRConfig) -> dict[str, Any]:
+    """Keyword arguments of ``monai.networks.nets.UNETR`` for ``config`` (JSON-serialisable).
+
+    The one mapping from a config to MONAI's constructor: the model builder and the
+    bioimage.io export (which names MONAI's class as the architecture) both use it.
+    """
+    return {"in_channels": config.in_channels, "out_channels": config.out_channels, "img_size": list(config.tile),
+            "feature_size": config.feature_size, "hidden_size": config.hidden_size, "mlp_dim": config.mlp_dim,
+            "num_heads": config.num_heads, "proj_type": config.proj_type, "norm_name": config.norm_name,
+            "conv_block": config.conv_block, "res_block": config.res_block, "dropout_rate": config.dropout_rate,
+            "spatial_dims": 3, "qkv_bias": config.qkv_bias}
+
+
 def create_model(name_or_config: str | UNETRConfig, **overrides: Any):
     """Build the network (a ``torch.nn.Module``, random weights) from a name or a config."""
     from tpem_seg.models.unetr import build_unetr
