@@ -50,6 +50,9 @@ from tpem_seg.io.readers import sidecar_path
 
 logger = logging.getLogger(__name__)
 
+#: Key of a label image's class names (JSON list) in ImageJ properties and the ``.npy`` sidecar.
+LABEL_NAMES_KEY = "label_names"
+
 #: Data types ImageJ can hold in a hyperstack.
 IMAGEJ_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 
@@ -346,11 +349,14 @@ class TiffVolumeWriter(VolumeWriter):
         return meta
 
     def _imagej_tags(self) -> dict[str, Any]:
-        """ImageJ's own tag entries for channels: display ranges, colours, names as plane labels.
+        """ImageJ's own tag entries: label names of a label image; for channels display ranges,
+        colours, and names as plane labels.
 
         ImageJ keeps channel names only as per-plane labels (``ZCYX`` order); Fiji shows
         them for each plane.
         """
+        if self.label_names:  # ImageJ keeps them as an image property; tpem-seg's napari reader reads them
+            return {"Properties": {LABEL_NAMES_KEY: json.dumps(self.label_names)}}
         if self.axes != "CZYX":
             return {}
         top = float(np.iinfo(self.dtype).max) if self.dtype.kind in "iu" else 1.0
@@ -449,7 +455,7 @@ class NpyVolumeWriter(VolumeWriter):
         meta = {"axes": self.axes, VOXEL_SIZE_KEY: list(self.spacing) if self.spacing else None,
                 "channel_names": list(self.channel_names)}
         if self.label_names:
-            meta["label_names"] = list(self.label_names)
+            meta[LABEL_NAMES_KEY] = list(self.label_names)
         sidecar.write_text(json.dumps(meta, indent=1), encoding="utf-8")
         temp = self._reserve(self.path)
         self._array: np.memmap | None = np.lib.format.open_memmap(temp, mode="w+", dtype=self.dtype,

@@ -1,0 +1,24 @@
+"""napari plugin tests: skip with a reason where napari or a display is missing.
+
+The viewer tests need an X display with OpenGL: run them under Xvfb
+(``xvfb-run -a python -m pytest tests/napari``; ``scripts/install_napari_deps.sh`` installs
+it). ``QT_QPA_PLATFORM=offscreen`` gives no OpenGL context, so napari cannot draw there.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("napari", reason="the napari plugin needs pip install 'tpem-seg[napari]'")
+
+#: ../shared/data next to the project root (absent for users who clone the project).
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def pytest_runtest_setup(item):
+    if "make_napari_viewer" in getattr(item, "fixturenames", ()) and not os.environ.get("DISPLAY"):
+        pytest.skip("no X display for a napari viewer: run under Xvfb, e.g. xvfb-run -a python -m pytest "
+                    "(scripts/install_napari_deps.sh installs it)")
