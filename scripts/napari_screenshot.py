@@ -8,11 +8,17 @@ Run headless from the project root, next to ../shared/data:
 from __future__ import annotations
 
 import csv
+import os
 import sys
+import tempfile
 from pathlib import Path
+
+# Settings of this run only (no toasts over the canvas), not saved into the user's napari config.
+os.environ.setdefault("NAPARI_CONFIG", str(Path(tempfile.mkdtemp(prefix="napari-shot-")) / "settings.yaml"))
 
 import napari
 import numpy as np
+from napari.settings import get_settings
 from qtpy.QtWidgets import QApplication
 
 from tpem_seg.io import read_volume
@@ -26,6 +32,7 @@ def main(out: str) -> None:
     rows = {r["name"]: r for r in csv.DictReader(open(DATA / "volumes.csv"))}
     spacing = tuple(float(rows[NAME][f"spacing_{a}_um"]) for a in "zyx")
     image = read_volume(DATA / "images" / f"{NAME}.tif").read_czyx()[0]
+    get_settings().application.gui_notification_level = "error"
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1500, 900)
     low, high = np.percentile(image, (1, 99.8))

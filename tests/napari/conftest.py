@@ -1,5 +1,8 @@
 """napari plugin tests: skip with a reason where napari or a display is missing.
 
+The reader, writer and sample data need neither (they are plain functions); the widget tests
+skip without napari and pytest-qt (``pip install 'tpem-seg[napari,dev]'``).
+
 The viewer tests need an X display with OpenGL: run them under Xvfb
 (``xvfb-run -a python -m pytest tests/napari``; ``scripts/install_napari_deps.sh`` installs
 it). ``QT_QPA_PLATFORM=offscreen`` gives no OpenGL context, so napari cannot draw there.
@@ -11,8 +14,6 @@ import os
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("napari", reason="the napari plugin needs pip install 'tpem-seg[napari]'")
 
 #: ../shared/data next to the project root (absent for users who clone the project).
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"

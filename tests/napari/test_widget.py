@@ -9,6 +9,9 @@ import pytest
 
 from conftest import SHARED_DATA
 
+pytest.importorskip("napari", reason="the napari widget needs pip install 'tpem-seg[napari]'")
+pytest.importorskip("pytestqt", reason="the widget tests need pytest-qt (pip install 'tpem-seg[dev]')")
+
 VESSELS = SHARED_DATA / "vesselnn_2pm"
 NAME = "poon2015_BBB_Leakage"
 
