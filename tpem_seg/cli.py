@@ -17,13 +17,35 @@ import typer
 
 from tpem_seg.errors import InputError, OutputError, TpemSegError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Segment 3D two-photon microscopy: vessels and neurons, fast, from few labels.")
 log = logging.getLogger("tpem_seg")
 
 
+#: Distributions behind the backends, for --version (their metadata only: nothing is imported).
+BACKEND_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "torch", "tensorrt")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import importlib.metadata as md
+
+        from tpem_seg import __version__
+
+        found = []
+        for dist in BACKEND_DISTRIBUTIONS:
+            try:
+                found.append(f"{dist} {md.version(dist)}")
+            except md.PackageNotFoundError:
+                continue
+        typer.echo(f"tpem-seg {__version__} (backends: {', '.join(found) or 'none installed'})")
+        raise typer.Exit()
+
+
 @app.callback()
-def _configure(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="-v info, -vv debug")) -> None:
+def _configure(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="-v info, -vv debug"),
+               version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                            help="print the version and the backends' versions")) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from tpem_seg.runtime.allocator import keep_freed_memory
@@ -53,24 +75,6 @@ def parse_ints(text: Optional[str], what: str) -> Optional[list[int]]:
         raise InputError(f"{what} {text!r} must be comma-separated channel indices, e.g. 0,1") from None
 
 
-def output_paths(inputs: list[Path], output: Path, probabilities: bool) -> list[Path]:
-    """One output per input: ``output`` itself for one input, else ``output/STEM_labels.tif``."""
-    suffix = "_probabilities.tif" if probabilities else "_labels.tif"
-    if len(inputs) == 1 and not output.is_dir():
-        return [output]
-    if not output.is_dir():
-        raise OutputError(f"{output} is not a folder; with several inputs, -o must name an existing folder")
-    return [output / (_stem(p) + suffix) for p in inputs]
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for ext in (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".npy"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return path.stem
-
-
 def default_model_for(path: Path, axes: Optional[str], channels: Optional[list[int]]) -> str:
     """The bundled package whose channel count fits the input."""
     from tpem_seg.io import read_volume
@@ -85,7 +89,8 @@ def default_model_for(path: Path, axes: Optional[str], channels: Optional[list[i
 
 @app.command()
 def run(
-    inputs: List[Path] = typer.Argument(..., help="volume(s): TIFF/OME-TIFF/ImageJ, .npy, .zarr/OME-Zarr"),
+    inputs: List[str] = typer.Argument(..., help="volume(s): TIFF/OME-TIFF/ImageJ, .npy, .zarr/OME-Zarr; "
+                                       "folders (their volumes) and quoted globs too"),
     output: Path = typer.Option(..., "--output", "-o", help="output file (.tif, .npy, .zarr), or a folder"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="bundled name or NAME.tpem path "
                                         "[default: the bundled model for the input's channel count]"),
@@ -103,22 +108,49 @@ def run(
     skip_empty: bool = typer.Option(False, "--skip-empty", help="give tiles without foreground background labels "
                                     "without running the network (see benchmarks/results/README_section.md)"),
     resample: bool = typer.Option(True, "--resample/--no-resample", help="resample to the model's voxel size"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
+                                            help="progress bars [default: when stderr is a terminal]"),
+    name_template: Optional[str] = typer.Option(None, help="output name in an -o folder, {name} = input stem "
+                                                "[default: {name}_labels.tif, {name}_probabilities.tif]"),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="leave inputs whose output exists"),
+    json_out: Optional[str] = typer.Option(None, "--json", help="write one JSON record per input to FILE "
+                                           "(- for stdout)"),
 ) -> None:
     """Segment volumes; write uint8 labels (or probabilities) with the input's voxel size."""
+    from tpem_seg.cli_run import JsonLines, expand_inputs, output_paths, run_record
+    from tpem_seg.io import read_volume
+    from tpem_seg.models.package import sha256_file
     from tpem_seg.runtime import Segmenter
 
     spacing_t = parse_floats(spacing, 3, "--spacing")
     channel_list = parse_ints(channels, "--channels")
-    outputs = output_paths(inputs, output, probabilities)
-    model_name = model or default_model_for(inputs[0], axes, channel_list)
+    sources = expand_inputs(inputs)
+    outputs = output_paths(sources, output, probabilities, name_template)
+    jobs = [(s, d) for s, d in zip(sources, outputs) if not (skip_existing and d.exists())]
+    for src, dst in zip(sources, outputs):
+        if (src, dst) not in jobs:
+            typer.echo(f"{dst}: exists, skipped", err=True)
+    if not jobs:
+        return
+    model_name = model or default_model_for(jobs[0][0], axes, channel_list)
+    records = JsonLines(json_out)
     with Segmenter(model_name, backend=backend, device=device, precision=precision,
                    output="probabilities" if probabilities else "labels", channels=channel_list,
-                   resample=resample, progress=progress, overlap=overlap, batch_size=batch_size,
-                   tta=tta, skip_empty=skip_empty) as segmenter:
-        for src, dst in zip(inputs, outputs):
-            summary = segmenter.segment_file(src, dst, axes=axes, spacing=spacing_t)
-            typer.echo(f"{dst}: {summary.line()}", err=True)
+                   resample=resample, progress=sys.stderr.isatty() if progress is None else progress,
+                   overlap=overlap, batch_size=batch_size, tta=tta, skip_empty=skip_empty) as segmenter:
+        manifest, package_sha = segmenter.package.manifest, sha256_file(segmenter.package.path / "manifest.json")
+        try:
+            for src, dst in jobs:
+                summary = segmenter.segment_file(src, dst, axes=axes, spacing=spacing_t)
+                typer.echo(f"{dst}: {summary.line()}", err=True)
+                spacing_in = spacing_t or read_volume(src, axes=axes).spacing
+                used = manifest.spacing if summary.resampled or spacing_in is None else spacing_in
+                backend_ = segmenter.backend
+                records.write(run_record(src, dst, spacing_in, used, manifest.name, package_sha, backend_.name,
+                                         backend_.device, backend_.precision, summary.shape, summary.tiles,
+                                         summary.seconds))
+        finally:
+            records.close()
 
 
 @app.command()

@@ -11,12 +11,8 @@ it). ``QT_QPA_PLATFORM=offscreen`` gives no OpenGL context, so napari cannot dra
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
-
-#: ../shared/data next to the project root (absent for users who clone the project).
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def pytest_runtest_setup(item):

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA
-
 pytest.importorskip("napari", reason="the napari widget needs pip install 'tpem-seg[napari]'")
 pytest.importorskip("pytestqt", reason="the widget tests need pytest-qt (pip install 'tpem-seg[dev]')")
 
-VESSELS = SHARED_DATA / "vesselnn_2pm"
+#: ../shared/data next to the project root (absent for users who clone the project).
+VESSELS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "vesselnn_2pm"
 NAME = "poon2015_BBB_Leakage"
 
 

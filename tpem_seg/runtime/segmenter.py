@@ -217,8 +217,8 @@ class Segmenter:
             summary = self._segment_resampled(volume, channels, sink)
         else:
             if self.resample and volume.spacing is None and manifest.spacing is not None:
-                log.info("input voxel size unknown; assuming the model's %s µm (give --spacing to resample)",
-                         manifest.spacing)
+                log.warning("input voxel size unknown; assuming the model's %s µm (give --spacing to resample)",
+                            manifest.spacing)
             tiles = self._stitch(volume, channels, sink)
             summary = RunSummary(volume.shape_zyx, tiles, 0.0, self.backend.describe())
         summary.extra["batch_size"] = self._batch_size
