@@ -223,8 +223,12 @@ def _save_zip(rdf_path: Path, output: Path) -> Path:
     if not output.parent.is_dir():
         raise ExportError(f"output folder {output.parent} does not exist; create it first")
     partial = output.with_name(f".{output.name}.partial")
-    save_bioimageio_package(descr, output_path=partial)
-    partial.replace(output)
+    try:
+        save_bioimageio_package(descr, output_path=partial)
+        partial.replace(output)  # only a complete zip gets the name
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     logger.info("wrote bioimage.io model %s", output)
     return output
 

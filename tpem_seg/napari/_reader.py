@@ -35,16 +35,29 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
     meta: dict[str, Any] = {"name": path.name.split(".")[0]}
     if volume.spacing is not None:
         meta.update(scale=tuple(volume.spacing), units=("µm",) * 3)
+    data = _czyx(volume)
     if label_names is not None and volume.n_channels == 1:
         meta["metadata"] = {"tpem_seg": {"classes": label_names}}
         meta["features"] = {"index": list(range(len(label_names))), "class": label_names}
-        return [(np.asarray(volume.read_czyx()[0]), meta, "labels")]
-    data = volume.read_czyx()
+        return [(data[0], meta, "labels")]
     if volume.n_channels == 1:
         return [(data[0], meta, "image")]
     names = volume.channel_names or [f"channel {i}" for i in range(volume.n_channels)]
     meta.update(channel_axis=0, name=[f"{meta['name']}: {n}" for n in names])
     return [(data, meta, "image")]
+
+
+def _czyx(volume: Any) -> Any:
+    """The data as ``(C, Z, Y, X)``; a zarr array stays lazy (napari reads only the planes it shows).
+
+    For ZYX zarr data this is a one-item list, which ``[0]`` unpacks like an array's first channel.
+    """
+    lazy = type(volume.data).__module__.startswith("zarr")
+    if lazy and volume.axes == "CZYX":
+        return volume.data
+    if lazy and volume.axes == "ZYX":
+        return [volume.data]
+    return volume.read_czyx()
 
 
 def read_label_names(path: Path) -> list[str] | None:
