@@ -39,7 +39,9 @@ def test_version_names_the_backends(cli):
     assert result.exit_code == 0 and result.stdout.startswith("tpem-seg ") and "onnxruntime" in result.stdout
 
 
-def test_shell_completion_script(cli):
+def test_shell_completion_script(cli, monkeypatch):
+    # Typer otherwise detects the shell from the parent processes and ignores the argument.
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
     result = cli(["--show-completion", "bash"])
     assert result.exit_code == 0 and "complete" in result.stdout
 

@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import typer
 
-from tpem_seg.errors import InputError, OutputError, TpemSegError
+from tpem_seg.errors import InputError, TpemSegError
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Segment 3D two-photon microscopy: vessels and neurons, fast, from few labels.")

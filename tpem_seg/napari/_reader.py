@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 
 from tpem_seg.io import read_volume
 from tpem_seg.io.readers import sidecar_path
@@ -35,7 +34,7 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
     meta: dict[str, Any] = {"name": path.name.split(".")[0]}
     if volume.spacing is not None:
         meta.update(scale=tuple(volume.spacing), units=("µm",) * 3)
-    data = _czyx(volume)
+    data = volume.read_czyx()  # in memory: napari's labels tools need the array itself
     if label_names is not None and volume.n_channels == 1:
         meta["metadata"] = {"tpem_seg": {"classes": label_names}}
         meta["features"] = {"index": list(range(len(label_names))), "class": label_names}
@@ -45,19 +44,6 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
     names = volume.channel_names or [f"channel {i}" for i in range(volume.n_channels)]
     meta.update(channel_axis=0, name=[f"{meta['name']}: {n}" for n in names])
     return [(data, meta, "image")]
-
-
-def _czyx(volume: Any) -> Any:
-    """The data as ``(C, Z, Y, X)``; a zarr array stays lazy (napari reads only the planes it shows).
-
-    For ZYX zarr data this is a one-item list, which ``[0]`` unpacks like an array's first channel.
-    """
-    lazy = type(volume.data).__module__.startswith("zarr")
-    if lazy and volume.axes == "CZYX":
-        return volume.data
-    if lazy and volume.axes == "ZYX":
-        return [volume.data]
-    return volume.read_czyx()
 
 
 def read_label_names(path: Path) -> list[str] | None:
