@@ -60,7 +60,8 @@ def test_several_inputs_into_a_folder_with_probabilities(package_2ch, tmp_path):
                    package_2ch.path, "--probabilities", "--no-progress") == 0
     for i in range(2):
         probs = read_volume(tmp_path / "out" / f"v{i}_probabilities.tif")
-        assert probs.n_channels == 3 and probs.shape_zyx == (12, 30, 30) and probs.dtype == np.float16
+        # float16 probabilities are stored as a float32 ImageJ hyperstack (ImageJ holds no float16)
+        assert probs.n_channels == 3 and probs.shape_zyx == (12, 30, 30) and probs.dtype == np.float32
 
 
 def test_info_and_models(capsys, package_2ch):

@@ -54,11 +54,13 @@ def test_streaming_round_trip(tmp_path, rng, suffix, axes, dtype):
     _stream(path, data, axes, spacing=SPACING, channel_names=names)
     assert path.exists() and _leftovers(tmp_path) == []
     volume = read_volume(path)
-    assert volume.dtype == dtype and volume.axes.replace("C", "") == "ZYX"
+    # ImageJ hyperstacks hold float32, not float16.
+    stored = np.float32 if (suffix, dtype) == (".tif", np.float16) else dtype
+    assert volume.dtype == stored and volume.axes.replace("C", "") == "ZYX"
     expected = data if axes == "CZYX" else data[np.newaxis]
     np.testing.assert_array_equal(volume.read_czyx(), expected)
     assert volume.spacing == pytest.approx(SPACING, rel=1e-4)
-    if names and not (suffix == ".tif" and dtype == np.uint8):  # ImageJ files keep no channel names
+    if names and suffix != ".tif":  # ImageJ keeps channel names as plane labels: see the TIFF tests
         assert volume.channel_names == names
 
 
@@ -90,14 +92,40 @@ def test_tiff_probabilities_pages_in_imagej_order(tmp_path, rng):
         np.testing.assert_array_equal(tif.pages[1].asarray(), data[1, 0])  # z0 c1 is page 1
 
 
-def test_float16_tiff_is_plain_and_warns(tmp_path, rng, caplog):
-    path = tmp_path / "half.tif"
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_float16_probabilities_tiff_is_an_imagej_composite(tmp_path, rng, compression):
+    data = _probabilities(rng, np.float16)
+    path = tmp_path / "probs.tif"
+    _stream(path, data, "CZYX", spacing=SPACING, channel_names=CLASSES, compression=compression)
+    with tifffile.TiffFile(path) as tif:
+        meta = tif.imagej_metadata
+        assert tif.is_imagej and tif.series[0].axes == "ZCYX" and tif.series[0].dtype == np.float32
+        assert meta["mode"] == "composite" and meta["spacing"] == pytest.approx(5.0) and meta["unit"] == "um"
+        assert meta["Labels"] == CLASSES * 7  # channel names, one per plane in ZCYX order
+        assert list(meta["Ranges"]) == [0.0, 1.0] * 3 and len(meta["LUTs"]) == 3
+        np.testing.assert_array_equal(tif.series[0].asarray(), data.transpose(1, 0, 2, 3))
+
+
+def test_napari_tiff_reads_probabilities_scale_and_channels(tmp_path, rng):
+    reader = pytest.importorskip("napari_tiff.napari_tiff_reader", reason="napari-tiff is not installed")
+    path = tmp_path / "probs.tif"
+    _stream(path, _probabilities(rng, np.float16), "CZYX", spacing=SPACING, channel_names=CLASSES)
+    [(data, meta, kind)] = reader.reader_function(str(path))
+    assert kind == "image" and meta["channel_axis"] == 1 and np.shape(data) == (7, 3, 12, 14)
+    assert meta["scale"] == pytest.approx(SPACING, rel=1e-4) and meta["units"] == ("um", "um", "um")
+    assert meta["contrast_limits"] == [[0.0, 1.0]] * 3
+
+
+def test_tiff_dtype_imagej_cannot_hold_is_plain_and_warns(tmp_path, rng, caplog):
+    path = tmp_path / "wide.tif"
     with caplog.at_level(logging.WARNING, logger="tpem_seg.io.writers"):
-        _stream(path, _probabilities(rng, np.float16), "CZYX", spacing=SPACING, channel_names=CLASSES)
+        _stream(path, rng.integers(0, 9, (3, 7, 12, 14), dtype=np.int32), "CZYX", spacing=SPACING,
+                channel_names=CLASSES)
     assert "Fiji" in caplog.text and ".zarr" in caplog.text
     with tifffile.TiffFile(path) as tif:
         assert not tif.is_imagej and tif.series[0].axes == "ZCYX"
         assert tif.pages[0].resolutionunit == tifffile.RESUNIT.CENTIMETER
+    assert read_volume(path).channel_names == CLASSES
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float16])
@@ -108,7 +136,7 @@ def test_compressed_tiff_round_trip(tmp_path, rng, dtype, compression):
     _stream(path, data, "CZYX", spacing=SPACING, compression=compression)
     with tifffile.TiffFile(path) as tif:
         assert tif.pages[0].compression != tifffile.COMPRESSION.NONE
-        assert tif.is_imagej == (dtype == np.uint8)
+        assert tif.is_imagej
     volume = read_volume(path)
     np.testing.assert_array_equal(volume.read_czyx(), data)
     assert volume.spacing == pytest.approx(SPACING, rel=1e-4)
@@ -117,7 +145,7 @@ def test_compressed_tiff_round_trip(tmp_path, rng, dtype, compression):
 def test_bigtiff_when_over_threshold(tmp_path, rng, monkeypatch):
     monkeypatch.setattr(writers_module, "BIGTIFF_THRESHOLD", 1000)  # stands in for ~4 GB
     data = _probabilities(rng, np.float16)
-    _stream(tmp_path / "big.tif", data, "CZYX", spacing=SPACING)
+    _stream(tmp_path / "big.tif", data, "CZYX", spacing=SPACING, compression="zlib")
     _stream(tmp_path / "ij.tif", _labels(rng), "ZYX", spacing=SPACING)
     with tifffile.TiffFile(tmp_path / "big.tif") as tif:
         assert tif.is_bigtiff
@@ -127,7 +155,7 @@ def test_bigtiff_when_over_threshold(tmp_path, rng, monkeypatch):
     np.testing.assert_array_equal(read_volume(tmp_path / "big.tif").read_czyx(), data)
 
 
-def test_zarr_is_ome_zarr_with_chunks_of_planes(tmp_path, rng, monkeypatch):
+def test_zarr_is_ome_zarr_05_with_chunks_of_planes(tmp_path, rng, monkeypatch):
     import zarr
 
     monkeypatch.setattr(writers_module, "ZARR_CHUNK_BYTES", 12 * 14 * 2 * 2)  # 2 planes per chunk
@@ -135,12 +163,70 @@ def test_zarr_is_ome_zarr_with_chunks_of_planes(tmp_path, rng, monkeypatch):
     path = tmp_path / "probs.zarr"
     _stream(path, data, "CZYX", slabs=(3, 1, 2, 1), spacing=SPACING, channel_names=CLASSES)
     group = zarr.open_group(str(path), mode="r")
-    multiscale = group.attrs["multiscales"][0]
-    assert multiscale["version"] == "0.4" and [a["name"] for a in multiscale["axes"]] == list("czyx")
+    assert group.metadata.zarr_format == 3 and group.attrs["ome"]["version"] == "0.5"
+    multiscale = group.attrs["ome"]["multiscales"][0]
+    assert [a["name"] for a in multiscale["axes"]] == list("czyx")
+    assert [a.get("unit") for a in multiscale["axes"]] == [None, *["micrometer"] * 3]
     scale = multiscale["datasets"][0]["coordinateTransformations"][0]["scale"]
     assert scale == pytest.approx([1.0, *SPACING])
-    assert group["0"].chunks == (1, 2, 12, 14)
+    assert group["0"].chunks == (1, 2, 12, 14) and group["0"].metadata.dimension_names == tuple("czyx")
     np.testing.assert_array_equal(group["0"][:], data)
+
+
+def test_zarr_pyramid_levels_halve_y_and_x(tmp_path, rng):
+    import zarr
+
+    labels, probs = _labels(rng), _probabilities(rng, np.uint8)
+    write_volume(tmp_path / "l.zarr", labels, "ZYX", spacing=SPACING, label_names=CLASSES, levels=3)
+    write_volume(tmp_path / "p.zarr", probs, "CZYX", spacing=SPACING, channel_names=CLASSES, levels=2)
+    group = zarr.open_group(str(tmp_path / "l.zarr"), mode="r")
+    np.testing.assert_array_equal(group["1"][:], labels[:, ::2, ::2])  # labels: nearest, never averaged
+    np.testing.assert_array_equal(group["2"][:], labels[:, ::4, ::4])
+    scales = [d["coordinateTransformations"][0]["scale"] for d in group.attrs["ome"]["multiscales"][0]["datasets"]]
+    assert scales[2] == pytest.approx([SPACING[0], SPACING[1] * 4, SPACING[2] * 4])
+    level1 = zarr.open_group(str(tmp_path / "p.zarr"), mode="r")["1"][:]
+    means = probs.reshape(3, 7, 6, 2, 7, 2).mean(axis=(3, 5))
+    assert level1.shape == (3, 7, 6, 7) and np.abs(level1 - means).max() <= 0.5
+    with pytest.raises(OutputError, match="levels"):
+        write_volume(tmp_path / "l.tif", labels, "ZYX", levels=2)
+
+
+def test_ome_zarr_models_accepts_labels_and_probabilities(tmp_path, rng):
+    import zarr
+
+    pytest.importorskip("ome_zarr_models", reason="ome-zarr-models is not installed")
+    from ome_zarr_models.common.omero import Omero
+    from ome_zarr_models.v05.image import Image
+    from ome_zarr_models.v05.image_label import ImageLabel
+
+    write_volume(tmp_path / "labels.zarr", _labels(rng), "ZYX", spacing=SPACING, label_names=CLASSES, levels=2)
+    write_volume(tmp_path / "probs.zarr", _probabilities(rng, np.float16), "CZYX", spacing=SPACING,
+                 channel_names=CLASSES)
+    label = ImageLabel.from_zarr(zarr.open_group(str(tmp_path / "labels.zarr"), mode="r"))
+    properties = label.ome_attributes.image_label.properties
+    assert [p.model_dump()["class"] for p in properties] == CLASSES
+    probs = zarr.open_group(str(tmp_path / "probs.zarr"), mode="r")
+    Image.from_zarr(probs)
+    omero = Omero.model_validate(probs.attrs["ome"]["omero"])  # v0.5 Image does not check omero itself
+    assert [c.label for c in omero.channels] == CLASSES and omero.channels[1].window.end == 1.0
+
+
+def test_napari_ome_zarr_opens_labels_as_labels_layer_with_scale(tmp_path, rng):
+    reader = pytest.importorskip("napari_ome_zarr._reader", reason="napari-ome-zarr is not installed")
+    # napari-ome-zarr 0.10 opens (creating it if absent) a zarr group two folders above a
+    # label image, looking for its parent image: keep that inside tmp_path.
+    out = tmp_path / "run" / "out"
+    out.mkdir(parents=True)
+    labels, probs = _labels(rng), _probabilities(rng, np.float16)
+    write_volume(out / "labels.zarr", labels, "ZYX", spacing=SPACING, label_names=CLASSES)
+    write_volume(out / "probs.zarr", probs, "CZYX", spacing=SPACING, channel_names=CLASSES)
+    [(data, meta, kind)] = reader.napari_get_reader(str(out / "labels.zarr"))()
+    assert kind == "labels" and meta["scale"] == pytest.approx(SPACING)
+    np.testing.assert_array_equal(np.asarray(data[0]), labels)
+    assert meta["properties"]["class"] == CLASSES and set(meta["colormap"]) == {0, 1, 2}
+    [(data, meta, kind)] = reader.napari_get_reader(str(out / "probs.zarr"))()
+    assert kind == "image" and meta["channel_axis"] == 0 and meta["name"] == [f"probs: {c}" for c in CLASSES]
+    assert meta["scale"] == pytest.approx(SPACING) and meta["contrast_limits"] == [[0.0, 1.0]] * 3
 
 
 def test_npy_has_json_sidecar(tmp_path, rng):

@@ -13,16 +13,38 @@ from typing import Optional
 
 import typer
 
-from tpem_seg.cli import bench, export, segment, train
+from tpem_seg.cli import bench, bioimageio, export, segment, train
 from tpem_seg.errors import TpemSegError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Segment 3D two-photon microscopy: vessels and neurons, fast, from few labels.")
 log = logging.getLogger("tpem_seg")
 
 
+#: Distributions behind the backends, for --version (their metadata only: nothing is imported).
+BACKEND_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "torch", "tensorrt")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import importlib.metadata as md
+
+        from tpem_seg.version import __version__
+
+        found = []
+        for dist in BACKEND_DISTRIBUTIONS:
+            try:
+                found.append(f"{dist} {md.version(dist)}")
+            except md.PackageNotFoundError:
+                continue
+        typer.echo(f"tpem-seg {__version__} (backends: {', '.join(found) or 'none installed'})")
+        raise typer.Exit()
+
+
 @app.callback()
-def _configure(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="-v info, -vv debug")) -> None:
+def _configure(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="-v info, -vv debug"),
+               version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                            help="print the version and the backends' versions")) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from tpem_seg.runtime.allocator import keep_freed_memory
@@ -30,7 +52,7 @@ def _configure(verbose: int = typer.Option(0, "--verbose", "-v", count=True, hel
     log.debug("malloc: %s", keep_freed_memory())
 
 
-for _module in (segment, train, export, bench):  # the order of `tpem-seg --help`
+for _module in (segment, train, export, bioimageio, bench):  # the order of `tpem-seg --help`
     _module.register(app)
 
 

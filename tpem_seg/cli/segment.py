@@ -6,12 +6,13 @@ Heavy libraries (torch, ONNX Runtime) are imported inside the command bodies, th
 from __future__ import annotations
 
 import platform
+import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from tpem_seg.errors import InputError, OutputError
+from tpem_seg.errors import InputError
 from tpem_seg.util.numbers import parse_numbers
 
 
@@ -19,24 +20,6 @@ def register(app: typer.Typer) -> None:
     """Add ``run``, ``demo``, ``info`` and ``models`` to the ``tpem-seg`` app."""
     for command in (run, demo, info, models):
         app.command()(command)
-
-
-def output_paths(inputs: list[Path], output: Path, probabilities: bool) -> list[Path]:
-    """One output per input: ``output`` itself for one input, else ``output/STEM_labels.tif``."""
-    suffix = "_probabilities.tif" if probabilities else "_labels.tif"
-    if len(inputs) == 1 and not output.is_dir():
-        return [output]
-    if not output.is_dir():
-        raise OutputError(f"{output} is not a folder; with several inputs, -o must name an existing folder")
-    return [output / (_stem(p) + suffix) for p in inputs]
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for ext in (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".npy"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return path.stem
 
 
 def default_model_for(path: Path, axes: Optional[str], channels: Optional[tuple[int, ...]]) -> str:
@@ -52,7 +35,8 @@ def default_model_for(path: Path, axes: Optional[str], channels: Optional[tuple[
 
 
 def run(
-    inputs: List[Path] = typer.Argument(..., help="volume(s): TIFF/OME-TIFF/ImageJ, .npy, .zarr/OME-Zarr"),
+    inputs: List[str] = typer.Argument(..., help="volume(s): TIFF/OME-TIFF/ImageJ, .npy, .zarr/OME-Zarr; "
+                                       "folders (their volumes) and quoted globs too"),
     output: Path = typer.Option(..., "--output", "-o", help="output file (.tif, .npy, .zarr), or a folder"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="bundled name or NAME.tpem path "
                                         "[default: the bundled model for the input's channel count]"),
@@ -70,22 +54,49 @@ def run(
     skip_empty: bool = typer.Option(False, "--skip-empty", help="give tiles without foreground background labels "
                                     "without running the network (see benchmarks/results/README_section.md)"),
     resample: bool = typer.Option(True, "--resample/--no-resample", help="resample to the model's voxel size"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
+                                            help="progress bars [default: when stderr is a terminal]"),
+    name_template: Optional[str] = typer.Option(None, help="output name in an -o folder, {name} = input stem "
+                                                "[default: {name}_labels.tif, {name}_probabilities.tif]"),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="leave inputs whose output exists"),
+    json_out: Optional[str] = typer.Option(None, "--json", help="write one JSON record per input to FILE "
+                                           "(- for stdout)"),
 ) -> None:
     """Segment volumes; write uint8 labels (or probabilities) with the input's voxel size."""
+    from tpem_seg.cli.run_helpers import JsonLines, expand_inputs, output_paths, run_record
+    from tpem_seg.io import read_volume
+    from tpem_seg.models.package import sha256_file
     from tpem_seg.runtime import Segmenter
 
     spacing_t = parse_numbers(spacing, "--spacing", 3, example="5,0.99,0.99")
     channel_list = parse_numbers(channels, "--channels", kind=int, example="0,1")
-    outputs = output_paths(inputs, output, probabilities)
-    model_name = model or default_model_for(inputs[0], axes, channel_list)
+    sources = expand_inputs(inputs)
+    outputs = output_paths(sources, output, probabilities, name_template)
+    jobs = [(s, d) for s, d in zip(sources, outputs) if not (skip_existing and d.exists())]
+    for src, dst in zip(sources, outputs):
+        if (src, dst) not in jobs:
+            typer.echo(f"{dst}: exists, skipped", err=True)
+    if not jobs:
+        return
+    model_name = model or default_model_for(jobs[0][0], axes, channel_list)
+    records = JsonLines(json_out)
     with Segmenter(model_name, backend=backend, device=device, precision=precision,
                    output="probabilities" if probabilities else "labels", channels=channel_list,
-                   resample=resample, progress=progress, overlap=overlap, batch_size=batch_size,
-                   tta=tta, skip_empty=skip_empty) as segmenter:
-        for src, dst in zip(inputs, outputs):
-            summary = segmenter.segment_file(src, dst, axes=axes, spacing=spacing_t)
-            typer.echo(f"{dst}: {summary.line()}", err=True)
+                   resample=resample, progress=sys.stderr.isatty() if progress is None else progress,
+                   overlap=overlap, batch_size=batch_size, tta=tta, skip_empty=skip_empty) as segmenter:
+        manifest, package_sha = segmenter.package.manifest, sha256_file(segmenter.package.path / "manifest.json")
+        try:
+            for src, dst in jobs:
+                summary = segmenter.segment_file(src, dst, axes=axes, spacing=spacing_t)
+                typer.echo(f"{dst}: {summary.line()}", err=True)
+                spacing_in = spacing_t or read_volume(src, axes=axes).spacing
+                used = manifest.spacing if summary.resampled or spacing_in is None else spacing_in
+                backend_ = segmenter.backend
+                records.write(run_record(src, dst, spacing_in, used, manifest.name, package_sha, backend_.name,
+                                         backend_.device, backend_.precision, summary.shape, summary.tiles,
+                                         summary.seconds))
+        finally:
+            records.close()
 
 
 def demo(

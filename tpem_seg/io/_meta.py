@@ -36,6 +36,17 @@ _UM_PER_UNIT = {
 
 Spacing = tuple[float, float, float]
 
+#: Display colours (RGB, 0-255) of classes 1, 2, ... in label images and of probability
+#: channels; class 0 (background) is transparent in labels and grey as a channel. Chosen
+#: to stay distinct on a black background and for the common forms of colour blindness.
+CLASS_RGB = ((230, 60, 60), (60, 200, 90), (70, 130, 255), (255, 200, 40), (200, 80, 220), (40, 210, 210))
+BACKGROUND_RGB = (160, 160, 160)
+
+
+def class_rgb(index: int) -> tuple[int, int, int]:
+    """Display colour of class ``index`` (0 = background), cycling past the palette."""
+    return BACKGROUND_RGB if index == 0 else CLASS_RGB[(index - 1) % len(CLASS_RGB)]
+
 
 @dataclass
 class RawVolume:

@@ -1,13 +1,22 @@
-"""Opening zarr arrays and OME-Zarr images (level 0 of the multiscale pyramid) lazily."""
+"""OME-Zarr: opening zarr arrays and OME-Zarr images lazily; the metadata the writer stores.
+
+Reading takes level 0 of any NGFF 0.1-0.5 multiscale image. Writing targets NGFF 0.5
+(zarr v3, metadata under the group's ``ome`` attribute): :func:`ome_attributes`
+builds ``multiscales`` (axes with units, the voxel size as scale, one dataset per
+pyramid level), an ``image-label`` for label images (colours, class names as
+properties) and ``omero`` channels (label, colour, window) for multi-channel data.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 from tpem_seg.errors import InputError
-from tpem_seg.io._meta import VOXEL_SIZE_KEY, RawVolume, Spacing, um_per_unit, valid_spacing
+from tpem_seg.io._meta import VOXEL_SIZE_KEY, RawVolume, Spacing, class_rgb, um_per_unit, valid_spacing
 
 logger = logging.getLogger(__name__)
 
@@ -127,3 +136,83 @@ def _channel_names(attrs: Mapping[str, Any]) -> list[str]:
     if names and all(names):
         return [str(n) for n in names]
     return [str(n) for n in attrs.get("channel_names") or []]
+
+
+# -- writing: NGFF 0.5 metadata ----------------------------------------------------------------------
+
+#: The OME-Zarr (NGFF) version :func:`ome_attributes` describes.
+NGFF_VERSION = "0.5"
+
+
+def level_shape(shape: Sequence[int], level: int) -> tuple[int, ...]:
+    """Shape of pyramid ``level``: y and x halved ``level`` times (rounded up), z and c kept.
+
+    z is kept because two-photon stacks are already coarse in z (several µm per plane).
+    """
+    factor = 2**level
+    return (*shape[:-2], -(-shape[-2] // factor), -(-shape[-1] // factor))
+
+
+def _axes(axes: str, spacing: Spacing | None) -> list[dict[str, str]]:
+    unit = {"unit": "micrometer"} if spacing is not None else {}
+    return [{"name": "c", "type": "channel"} if a == "C" else {"name": a.lower(), "type": "space", **unit}
+            for a in axes]
+
+
+def _multiscale(name: str, axes: str, spacing: Spacing | None, levels: int) -> dict[str, Any]:
+    z, y, x = spacing or (1.0, 1.0, 1.0)
+    datasets = []
+    for level in range(levels):
+        scale = [z, y * 2**level, x * 2**level]
+        if axes == "CZYX":
+            scale.insert(0, 1.0)
+        datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+    return {"name": name, "axes": _axes(axes, spacing), "datasets": datasets}
+
+
+def _image_label(label_names: Sequence[str]) -> dict[str, Any]:
+    """Colours (background transparent) and the class name of each label value."""
+    colors = [{"label-value": 0, "rgba": [0, 0, 0, 0]}]
+    colors += [{"label-value": i, "rgba": [*class_rgb(i), 255]} for i in range(1, len(label_names))]
+    properties = [{"label-value": i, "class": str(n)} for i, n in enumerate(label_names)]
+    return {"version": NGFF_VERSION, "colors": colors, "properties": properties}
+
+
+def _window(dtype: np.dtype) -> dict[str, float]:
+    """Display range: the integer type's range, or 0..1 for floats (probabilities)."""
+    top = float(np.iinfo(dtype).max) if dtype.kind in "iu" else 1.0
+    bottom = float(np.iinfo(dtype).min) if dtype.kind == "i" else 0.0
+    return {"min": bottom, "max": top, "start": 0.0 if dtype.kind == "i" else bottom, "end": top}
+
+
+def _omero(channel_names: Sequence[str], dtype: np.dtype, depth: int) -> dict[str, Any]:
+    window = _window(dtype)
+    channels = [{"label": str(n), "color": "%02X%02X%02X" % class_rgb(i), "window": dict(window),
+                 "active": True, "coefficient": 1.0, "family": "linear", "inverted": False}
+                for i, n in enumerate(channel_names)]
+    return {"channels": channels, "rdefs": {"model": "color", "defaultZ": depth // 2, "defaultT": 0}}
+
+
+def ome_attributes(name: str, axes: str, shape: Sequence[int], dtype: np.dtype, spacing: Spacing | None,
+                   channel_names: Sequence[str], label_names: Sequence[str], levels: int) -> dict[str, Any]:
+    """The group attributes of an NGFF 0.5 image or image-label.
+
+    Args:
+        name: image name (shown by viewers).
+        axes: ``"ZYX"`` or ``"CZYX"`` of the arrays.
+        shape: level-0 shape, matching ``axes``.
+        dtype: the arrays' data type (sets the omero display window).
+        spacing: voxel size ``(z, y, x)`` in µm, or None (unitless scale 1).
+        channel_names: one per channel of a CZYX image (omero channels), or empty.
+        label_names: class names of label values 0..K-1 for a label image, or empty.
+        levels: number of pyramid levels (datasets ``"0"``, ``"1"``...).
+
+    Returns:
+        ``{"ome": {...}}``, ready for ``group.attrs.update``.
+    """
+    ome: dict[str, Any] = {"version": NGFF_VERSION, "multiscales": [_multiscale(name, axes, spacing, levels)]}
+    if label_names:
+        ome["image-label"] = _image_label(label_names)
+    if channel_names:
+        ome["omero"] = _omero(channel_names, np.dtype(dtype), int(shape[-3]))
+    return {"ome": ome}

@@ -10,19 +10,23 @@ Formats:
 
 - ``.tif/.tiff``: uint8, uint16 and float32 become ImageJ hyperstacks (pages in
   ImageJ's ``ZCYX`` order) with the voxel size as ImageJ ``spacing``/``unit=um``
-  and resolution tags in pixels per µm, so Fiji and napari show the right scale.
-  Uncompressed ones are written contiguously; past 4 GB tifffile then keeps
-  ImageJ's own large-file layout (classic TIFF, one IFD, data contiguous), which
-  Fiji opens, rather than BigTIFF, which Fiji's ImageJ reader cannot. Compressed
-  files are written page by page (compressed ImageJ-dtype files keep the ImageJ
-  description); so are dtypes ImageJ cannot hold (float16 probabilities...), as a
-  plain TIFF with a tifffile "shaped" JSON description (axes ``ZCYX``, voxel size)
-  and resolution in pixels per cm, with a warning. Page-by-page files become
-  BigTIFF when the data exceed ~4 GB.
+  and resolution tags in pixels per µm, so Fiji, napari-tiff and tifffile show the
+  right scale; channels (class probabilities) are a composite with a colour, a
+  display range and, as plane labels, the channel names. float16 is written as
+  float32 (ImageJ holds no float16). Uncompressed files are written contiguously;
+  past 4 GB tifffile then keeps ImageJ's own large-file layout (classic TIFF, one
+  IFD, data contiguous), which Fiji opens, rather than BigTIFF, which Fiji's ImageJ
+  reader cannot. Compressed files are written page by page with the same ImageJ
+  metadata; so are dtypes ImageJ cannot hold (int32...), as a plain TIFF with a
+  tifffile "shaped" JSON description (axes ``ZCYX``, voxel size) and resolution in
+  pixels per cm, with a warning. Page-by-page files become BigTIFF past ~4 GB.
 - ``.npy``: ``numpy.lib.format.open_memmap``, plus ``NAME.npy.json`` holding axes,
-  voxel size and channel names (``.npy`` itself cannot).
-- ``.zarr``: an OME-Zarr 0.4 image (zarr format 2, array ``0``, ``multiscales``
-  with the voxel size) that napari opens; chunks of a few planes, Zstd-compressed.
+  voxel size, channel names and label names (``.npy`` itself cannot).
+- ``.zarr``: an OME-Zarr 0.5 image (zarr v3, arrays with ``dimension_names``,
+  ``multiscales`` with units and the voxel size as scale, optionally a pyramid of
+  y/x-halved levels). Label images are NGFF image-labels (a colour and a class name
+  per value), multi-channel images carry ``omero`` channels (name, colour, window).
+  Chunks of a few planes, Zstd-compressed.
 """
 
 from __future__ import annotations
@@ -38,12 +42,15 @@ import numpy as np
 
 from tpem_seg.errors import OutputError
 from tpem_seg.io._lazy import page_releaser
-from tpem_seg.io._meta import VOXEL_SIZE_KEY, Spacing, valid_spacing
-from tpem_seg.io._zarr import is_zarr_folder
+from tpem_seg.io._meta import VOXEL_SIZE_KEY, Spacing, class_rgb, valid_spacing
+from tpem_seg.io._zarr import is_zarr_folder, level_shape, ome_attributes
 from tpem_seg.io.readers import sidecar_path
 from tpem_seg.util import atomic
 
 logger = logging.getLogger(__name__)
+
+#: Key of a label image's class names (JSON list) in ImageJ properties and the ``.npy`` sidecar.
+LABEL_NAMES_KEY = "label_names"
 
 #: Data types ImageJ can hold in a hyperstack.
 IMAGEJ_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
@@ -76,10 +83,13 @@ class VolumeWriter:
         axes: ``"ZYX"`` or ``"CZYX"``.
         spacing: voxel size ``(z, y, x)`` in µm, or None.
         channel_names: one name per channel (class names for probabilities), or empty.
+        label_names: for a label image, the class name of each value 0..K-1; else empty.
+        levels: pyramid levels written (zarr; 1 elsewhere).
     """
 
     def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype, axes: str,
-                 spacing: Spacing | None, channel_names: list[str], compression: str | None) -> None:
+                 spacing: Spacing | None, channel_names: list[str], compression: str | None,
+                 label_names: list[str] | None = None, levels: int = 1) -> None:
         self.path = path
         self.shape = shape
         self.dtype = dtype
@@ -87,6 +97,8 @@ class VolumeWriter:
         self.spacing = spacing
         self.channel_names = channel_names
         self.compression = compression
+        self.label_names = label_names or []
+        self.levels = levels
         self._z = 0
         self._state = "open"
         self._temps: list[tuple[Path, Path]] = []  # (temporary, final), published in this order
@@ -286,17 +298,42 @@ class TiffVolumeWriter(VolumeWriter):
         self._tiff = tifffile.TiffWriter(self._temp, bigtiff=bigtiff, imagej=self._contiguous, shaped=False)
         self._kwargs = self._contiguous_kwargs() if self._contiguous else self._page_kwargs(codec)
         self._description: str | None = None if self._contiguous else self._page_description()
+        tags = self._imagej_tags() if self._imagej and not self._contiguous else {}
+        self._first_tags = list(tifffile.imagej_metadata_tag(tags, "<")) if tags else []
 
     def _imagej_metadata(self) -> dict[str, Any]:
-        if self.spacing is None:
+        """ImageJ description entries: z spacing and unit; composite display for channels."""
+        meta: dict[str, Any] = {}
+        if self.spacing is not None:
+            meta.update(spacing=self.spacing[0], unit="um")
+        if self.axes == "CZYX":
+            meta["mode"] = "composite"
+        return meta
+
+    def _imagej_tags(self) -> dict[str, Any]:
+        """ImageJ's own tag entries: label names of a label image; for channels display ranges,
+        colours, and names as plane labels.
+
+        ImageJ keeps channel names only as per-plane labels (``ZCYX`` order); Fiji shows
+        them for each plane.
+        """
+        if self.label_names:  # ImageJ keeps them as an image property; tpem-seg's napari reader reads them
+            return {"Properties": {LABEL_NAMES_KEY: json.dumps(self.label_names)}}
+        if self.axes != "CZYX":
             return {}
-        return {"spacing": self.spacing[0], "unit": "um"}
+        top = float(np.iinfo(self.dtype).max) if self.dtype.kind in "iu" else 1.0
+        ramp = np.arange(256, dtype=np.float32) / 255
+        luts = [np.round(np.outer(class_rgb(c), ramp)).astype(np.uint8) for c in range(self.n_channels)]
+        tags: dict[str, Any] = {"Ranges": (0.0, top) * self.n_channels, "LUTs": luts}
+        if self.channel_names:
+            tags["Labels"] = list(self.channel_names) * self.shape_zyx[0]
+        return tags
 
     def _contiguous_kwargs(self) -> dict[str, Any]:
         # No 'axes': tifffile derives the ImageJ shape from the accumulated (Z, C, Y, X)
         # units at close, which maps to ImageJ's TZCYXS with T=1 (also for C=1).
         kwargs: dict[str, Any] = {"contiguous": True, "photometric": "minisblack",
-                                  "metadata": self._imagej_metadata()}
+                                  "metadata": {**self._imagej_metadata(), **self._imagej_tags()}}
         if self.spacing is not None:
             kwargs["resolution"] = (1.0 / self.spacing[2], 1.0 / self.spacing[1])  # pixels per µm
         return kwargs
@@ -337,8 +374,9 @@ class TiffVolumeWriter(VolumeWriter):
                 self._tiff.write(slab[:, dz], **self._kwargs)  # one (C, Y, X) unit per plane
                 continue
             for c in range(slab.shape[0]):
-                self._tiff.write(slab[c, dz], description=self._description, **self._kwargs)
-                self._description = None  # only the first page carries it
+                self._tiff.write(slab[c, dz], description=self._description, extratags=self._first_tags,
+                                 **self._kwargs)
+                self._description, self._first_tags = None, []  # only the first page carries them
 
     def _finish(self) -> None:
         with warnings.catch_warnings(record=True) as caught:
@@ -378,6 +416,8 @@ class NpyVolumeWriter(VolumeWriter):
         sidecar = self._reserve(sidecar_path(self.path))  # published before the array
         meta = {"axes": self.axes, VOXEL_SIZE_KEY: list(self.spacing) if self.spacing else None,
                 "channel_names": list(self.channel_names)}
+        if self.label_names:
+            meta[LABEL_NAMES_KEY] = list(self.label_names)
         sidecar.write_text(json.dumps(meta, indent=1), encoding="utf-8")
         temp = self._reserve(self.path)
         self._array: np.memmap | None = np.lib.format.open_memmap(temp, mode="w+", dtype=self.dtype,
@@ -409,38 +449,31 @@ class NpyVolumeWriter(VolumeWriter):
 
 
 class ZarrVolumeWriter(VolumeWriter):
-    """OME-Zarr 0.4 image (zarr format 2): array ``0`` in the writer's axes, ``multiscales`` attrs."""
+    """OME-Zarr 0.5 image (zarr v3): arrays ``0``, ``1``... (pyramid levels) in the writer's axes.
+
+    Labels (``label_names`` given) are an NGFF image-label: viewers such as
+    napari-ome-zarr open them as a labels layer with one colour per class.
+    """
 
     def _open(self) -> None:
         import zarr
 
         compressors = _zarr_compressor(self.compression, self.path)
         temp = self._reserve(self.path, folder=True)
-        group = zarr.open_group(str(temp), mode="w", zarr_format=2)
+        group = zarr.open_group(str(temp), mode="w", zarr_format=3)
         self._chunks = zarr_chunks(self.shape, self.dtype)
-        # OME-Zarr 0.4 on zarr v2 wants "/"-separated chunk keys.
-        self._array = group.create_array("0", shape=self.shape, chunks=self._chunks, dtype=self.dtype,
-                                         compressors=compressors, fill_value=0,
-                                         chunk_key_encoding={"name": "v2", "separator": "/"})
-        group.attrs.update(self._ome_attrs())
+        names = ["c", "z", "y", "x"] if self.axes == "CZYX" else ["z", "y", "x"]
+        self._arrays = []
+        for level in range(self.levels):
+            shape = level_shape(self.shape, level)
+            chunks = tuple(min(c, n) for c, n in zip(self._chunks, shape))
+            self._arrays.append(group.create_array(str(level), shape=shape, chunks=chunks, dtype=self.dtype,
+                                                   compressors=compressors, fill_value=0,
+                                                   dimension_names=names))
+        group.attrs.update(ome_attributes(self.path.name.split(".")[0], self.axes, self.shape, self.dtype,
+                                          self.spacing, self.channel_names, self.label_names, self.levels))
         self._pending: list[np.ndarray] = []
         self._pending_z0 = 0
-
-    def _ome_attrs(self) -> dict[str, Any]:
-        space = {"type": "space", **({"unit": "micrometer"} if self.spacing else {})}
-        axes = [{"name": n, **space} for n in "zyx"]
-        scale = list(self.spacing or (1.0, 1.0, 1.0))
-        if self.axes == "CZYX":
-            axes.insert(0, {"name": "c", "type": "channel"})
-            scale.insert(0, 1.0)
-        attrs: dict[str, Any] = {"multiscales": [{
-            "version": "0.4", "name": self.path.stem, "axes": axes,
-            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
-        }]}
-        if self.channel_names:
-            attrs["omero"] = {"channels": [{"label": n, "active": True} for n in self.channel_names]}
-            attrs["channel_names"] = list(self.channel_names)
-        return attrs
 
     def _write_slab(self, slab: np.ndarray, z0: int) -> None:
         # Write whole chunks only: a chunk written in two parts would be read back and rewritten.
@@ -453,10 +486,14 @@ class ZarrVolumeWriter(VolumeWriter):
         depth = self._chunks[-3]
         n = held.shape[1] if everything else held.shape[1] // depth * depth
         z0 = self._pending_z0
-        if self.axes == "ZYX":
-            self._array[z0:z0 + n] = held[0, :n]
-        else:
-            self._array[:, z0:z0 + n] = held[:, :n]
+        level_slab = held[:, :n]
+        for level, array in enumerate(self._arrays):
+            if level:
+                level_slab = _halve_yx(level_slab, labels=bool(self.label_names))
+            if self.axes == "ZYX":
+                array[z0:z0 + n] = level_slab[0]
+            else:
+                array[:, z0:z0 + n] = level_slab
         self._pending = [held[:, n:].copy()] if n < held.shape[1] else []
         self._pending_z0 = z0 + n
 
@@ -468,6 +505,19 @@ class ZarrVolumeWriter(VolumeWriter):
         self._pending = []
 
 
+def _halve_yx(slab: np.ndarray, labels: bool) -> np.ndarray:
+    """The next pyramid level of ``(C, dz, Y, X)``: every other voxel for labels, 2x2 means otherwise."""
+    if labels:  # class indices cannot be averaged
+        return slab[..., ::2, ::2]
+    y, x = slab.shape[-2:]
+    padded = np.pad(slab, [(0, 0), (0, 0), (0, y % 2), (0, x % 2)], mode="edge")
+    c, dz, py, px = padded.shape
+    means = padded.reshape(c, dz, py // 2, 2, px // 2, 2).mean(axis=(3, 5), dtype=np.float32)
+    if slab.dtype.kind in "iu":
+        means = np.rint(means)
+    return means.astype(slab.dtype)
+
+
 def zarr_chunks(shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
     """Chunks of a few whole planes (tiles of at most 1024² in y/x), about ``ZARR_CHUNK_BYTES``."""
     z, y, x = shape[-3:]
@@ -477,14 +527,14 @@ def zarr_chunks(shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
 
 
 def _zarr_compressor(compression: str | None, path: Path) -> Any:
-    import numcodecs
+    from zarr import codecs
 
     if compression in (None, "zstd"):
-        return numcodecs.Zstd(level=3)
+        return codecs.ZstdCodec(level=3)
     if compression in ("zlib", "deflate"):
-        return numcodecs.Zlib(level=6)
+        return codecs.GzipCodec(level=6)  # zarr v3 has gzip (zlib's deflate), not bare zlib
     if compression == "blosc":
-        return numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.BITSHUFFLE)
+        return codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
     if compression == "none":
         return None
     raise OutputError(f"unknown zarr compression {compression!r} for {path}; use one of {', '.join(_ZARR_CODECS)}")
@@ -546,7 +596,8 @@ def _checked_args(shape: Sequence[int], dtype: Any, axes: str, spacing: Sequence
 
 def open_writer(path: str | os.PathLike, shape: Sequence[int], dtype: Any, axes: str,
                 spacing: Sequence[float] | None = None, channel_names: Sequence[str] | None = None,
-                compression: str | None = None) -> VolumeWriter:
+                compression: str | None = None, label_names: Sequence[str] | None = None,
+                levels: int = 1) -> VolumeWriter:
     """Open a streaming writer for ``path`` (``.tif/.tiff``, ``.npy`` or ``.zarr``).
 
     Args:
@@ -558,6 +609,9 @@ def open_writer(path: str | os.PathLike, shape: Sequence[int], dtype: Any, axes:
         channel_names: one per channel (class names), stored where the format allows.
         compression: None (TIFF/npy: none; zarr: zstd) or ``"zlib"``, ``"lzw"`` (TIFF),
             ``"zstd"``, ``"blosc"`` (zarr), ``"none"``.
+        label_names: marks a ``ZYX`` integer output as a label image and names the class
+            of each value 0..K-1 (OME-Zarr image-label; ``.npy`` sidecar).
+        levels: OME-Zarr pyramid levels (level n halves y and x n times); other formats: 1.
 
     Returns:
         A :class:`VolumeWriter`; feed it z-slabs in order with ``write`` and ``commit``
@@ -571,19 +625,35 @@ def open_writer(path: str | os.PathLike, shape: Sequence[int], dtype: Any, axes:
     path = Path(path).expanduser()
     cls = _writer_class(path)
     checked = _checked_args(shape, dtype, axes, spacing, channel_names)
+    if cls is TiffVolumeWriter and checked[1] == np.float16:
+        # Fiji and napari-tiff read scale and channels from ImageJ hyperstacks, which hold
+        # float32 but not float16: twice the bytes, but a file every viewer reads right.
+        logger.info("%s: float16 data are written as a float32 ImageJ hyperstack", path)
+        checked = (checked[0], np.dtype(np.float32), *checked[2:])
+    names = _checked_label_names(label_names, checked[1], checked[2])
+    if levels < 1 or (levels > 1 and cls is not ZarrVolumeWriter):
+        raise OutputError(f"{path}: {levels} pyramid levels; use levels=1, or more only for .zarr outputs")
     compression = None if compression is None else str(compression).lower()
     _check_destination(path, folder_output=cls is ZarrVolumeWriter)
-    return cls(path, *checked, compression=compression)
+    return cls(path, *checked, compression=compression, label_names=names, levels=levels)
+
+
+def _checked_label_names(label_names: Sequence[str] | None, dtype: np.dtype, axes: str) -> list[str]:
+    names = [str(n) for n in label_names or []]
+    if names and (axes != "ZYX" or dtype.kind not in "iu"):
+        raise ValueError(f"label names are for ZYX integer label images, not {axes} {dtype}")
+    return names
 
 
 def write_volume(path: str | os.PathLike, data: Any, axes: str, spacing: Sequence[float] | None = None,
-                 channel_names: Sequence[str] | None = None, compression: str | None = None) -> Path:
+                 channel_names: Sequence[str] | None = None, compression: str | None = None,
+                 label_names: Sequence[str] | None = None, levels: int = 1) -> Path:
     """Write a whole array to ``path`` through :func:`open_writer`, slab by slab.
 
     Args:
         data: array-like with numpy slicing, e.g. ``(Z, Y, X)`` or ``(C, Z, Y, X)``.
         axes: its axes, any order of ``ZYX`` or ``CZYX`` (``"ZCYX"`` is transposed on the fly).
-        spacing, channel_names, compression: as for :func:`open_writer`.
+        spacing, channel_names, compression, label_names, levels: as for :func:`open_writer`.
 
     Returns:
         The written path.
@@ -599,7 +669,8 @@ def write_volume(path: str | os.PathLike, data: Any, axes: str, spacing: Sequenc
     plane_bytes = int(np.prod(shape, dtype=np.int64)) // depth * np.dtype(data.dtype).itemsize
     step = max(1, SLAB_BYTES // max(plane_bytes, 1))
     z_axis = axes.index("Z")
-    with open_writer(path, shape, data.dtype, out_axes, spacing, channel_names, compression) as writer:
+    with open_writer(path, shape, data.dtype, out_axes, spacing, channel_names, compression,
+                     label_names=label_names, levels=levels) as writer:
         for z0 in range(0, depth, step):
             index = tuple(slice(z0, z0 + step) if i == z_axis else slice(None) for i in range(len(axes)))
             writer.write(np.transpose(np.asarray(data[index]), order))

@@ -61,3 +61,16 @@ class UNETRConfig:
         if unknown:
             raise TpemSegError(f"unknown UNETR config keys {sorted(unknown)}; known: {sorted(known)}")
         return cls(**d)
+
+
+def unetr_kwargs(config: UNETRConfig) -> dict[str, Any]:
+    """Keyword arguments of ``monai.networks.nets.UNETR`` for ``config`` (JSON-serialisable).
+
+    The one mapping from a config to MONAI's constructor: the model builder and the
+    bioimage.io export (which names MONAI's class as the architecture) both use it.
+    """
+    return {"in_channels": config.in_channels, "out_channels": config.out_channels, "img_size": list(config.tile),
+            "feature_size": config.feature_size, "hidden_size": config.hidden_size, "mlp_dim": config.mlp_dim,
+            "num_heads": config.num_heads, "proj_type": config.proj_type, "norm_name": config.norm_name,
+            "conv_block": config.conv_block, "res_block": config.res_block, "dropout_rate": config.dropout_rate,
+            "spatial_dims": 3, "qkv_bias": config.qkv_bias}

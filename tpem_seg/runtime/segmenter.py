@@ -187,7 +187,8 @@ class Segmenter:
         with open_writer(dst, shape=(k, *shape) if probabilities else shape,
                          dtype=np.float16 if probabilities else np.uint8,
                          axes="CZYX" if probabilities else "ZYX", spacing=volume.spacing,
-                         channel_names=self.package.manifest.classes if probabilities else None) as writer:
+                         channel_names=self.package.manifest.classes if probabilities else None,
+                         label_names=None if probabilities else self.package.manifest.classes) as writer:
             background = BackgroundWriter(writer.write)
             try:
                 summary = self._segment_volume(volume, background.submit)
@@ -216,8 +217,8 @@ class Segmenter:
             summary = self._segment_resampled(volume, channels, sink)
         else:
             if self.resample and volume.spacing is None and manifest.spacing is not None:
-                log.info("input voxel size unknown; assuming the model's %s µm (give --spacing to resample)",
-                         manifest.spacing)
+                log.warning("input voxel size unknown; assuming the model's %s µm (give --spacing to resample)",
+                            manifest.spacing)
             tiles = self._stitch(volume, channels, sink)
             summary = RunSummary(volume.shape_zyx, tiles, 0.0, self.backend.describe())
         summary.extra["batch_size"] = self._batch_size
