@@ -86,6 +86,13 @@ def _open_raw(path: Path) -> RawVolume:
 
 def open_npy(path: Path) -> RawVolume:
     """Memory-map a ``.npy`` file; axes/voxel size from its ``NAME.npy.json`` sidecar if any."""
+    header = read_npy_header(path)
+    if header.hasobject:
+        # Never unpickle a volume: a pickle runs code. np.load(allow_pickle=False) would refuse it too,
+        # with a message about memory maps; this one names the problem.
+        raise InputError(f"{path} holds Python objects (dtype {header}), which tpem-seg never unpickles; "
+                         "save the image as a numeric array (numpy.save of an integer or float array)")
+    check_dtype(header, str(path))
     try:
         data = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
@@ -95,6 +102,25 @@ def open_npy(path: Path) -> RawVolume:
     names = meta.get("channel_names") or []
     return RawVolume(data=data, axes=meta.get("axes"), spacing=valid_spacing(meta.get(VOXEL_SIZE_KEY)),
                      channel_names=[str(n) for n in names])
+
+
+def read_npy_header(path: Path) -> np.dtype:
+    """The dtype a ``.npy`` file declares, read from its header alone (no data, no pickle).
+
+    Raises:
+        InputError: not a ``.npy`` header (zero bytes, another format, damaged).
+    """
+    from numpy.lib import format as npy_format
+
+    try:
+        with open(path, "rb") as fh:
+            major, _ = npy_format.read_magic(fh)
+            read_header = npy_format.read_array_header_1_0 if major == 1 else npy_format.read_array_header_2_0
+            _, _, dtype = read_header(fh)
+    except (OSError, ValueError, EOFError, SyntaxError, TypeError) as err:
+        raise InputError(f"{path} is not a readable .npy array ({type(err).__name__}: {err}); "
+                         "save it with numpy.save (numeric dtype)") from err
+    return dtype
 
 
 def sidecar_path(path: Path) -> Path:
@@ -109,7 +135,7 @@ def read_sidecar(path: Path) -> dict:
         return {}
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # RecursionError: absurdly nested JSON
         raise InputError(f"{sidecar} is not valid JSON ({err}); fix or delete it") from err
     if not isinstance(meta, dict):
         raise InputError(f"{sidecar} must hold a JSON object with axes/{VOXEL_SIZE_KEY}; fix or delete it")
@@ -121,6 +147,7 @@ def _to_volume(raw: RawVolume, axes: str | None, spacing: Sequence[float] | None
     shape = tuple(int(n) for n in raw.data.shape)
     if 0 in shape or not shape:
         raise InputError(f"{source} is empty (shape {shape}); pass a volume with data")
+    check_dtype(np.dtype(raw.data.dtype), source)
     letters, drop = resolve_axes(shape, raw.axes, axes, source)
     data = LazyArray(raw.data, source, drop=drop, closers=raw.closers)
     raw.closers = []  # now owned by ``data``
@@ -133,6 +160,24 @@ def _to_volume(raw: RawVolume, axes: str | None, spacing: Sequence[float] | None
     logger.debug("read %s: axes %s shape %s %s, voxel size %s µm", source, volume.axes,
                  tuple(data.shape), data.dtype, volume.spacing)
     return volume
+
+
+#: Kinds of numpy dtype a volume may hold: unsigned and signed integers, floats.
+VOLUME_DTYPE_KINDS = "uif"
+
+
+def check_dtype(dtype: np.dtype, source: str) -> None:
+    """Refuse data that are not intensities: complex, structured, boolean, text, Python objects.
+
+    Raises:
+        InputError: naming the dtype and the conversion to make.
+    """
+    if dtype.kind in VOLUME_DTYPE_KINDS and dtype.fields is None:
+        return
+    what = {"c": "complex numbers", "b": "booleans (a mask?)", "V": "records (a structured dtype)",
+            "O": "Python objects", "U": "text", "S": "bytes", "M": "dates", "m": "time spans"}.get(dtype.kind, "")
+    raise InputError(f"{source} holds {what or dtype.kind} ({dtype}), not intensities; save the image as "
+                     "integers or floats (e.g. numpy: arr.astype('float32'), or the magnitude of complex data)")
 
 
 def _channels(shape: Sequence[int], axes: str) -> int:

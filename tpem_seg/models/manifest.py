@@ -9,6 +9,7 @@ and checks. No torch here.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -69,6 +70,8 @@ class Manifest:
     onnx_opset: int = 17
     weights_file: str | None = None
     files: dict[str, str] = field(default_factory=dict)
+    #: Bytes of each listed file, checked before its sha256 (absent in packages older than it).
+    file_sizes: dict[str, int] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
@@ -85,6 +88,12 @@ class Manifest:
             raise PackageError(f"output activation {self.activation!r} unknown; use softmax or sigmoid")
         if self.spacing is not None:
             self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
+            if len(self.spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in self.spacing):
+                raise PackageError(f"manifest voxel size {self.spacing} must be three positive numbers z,y,x in µm")
+        if not isinstance(self.files, dict) or not all(isinstance(v, str) for v in self.files.values()):
+            raise PackageError("manifest 'files' must map file names to sha256 strings; re-export the package")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in self.file_sizes.values()):
+            raise PackageError("manifest 'file_sizes' must map file names to byte counts; re-export the package")
 
     @property
     def tile(self) -> tuple[int, int, int]:
@@ -109,6 +118,8 @@ class Manifest:
                      "output_name": "logits"},
             "weights": self.weights_file,
             "files": dict(self.files),
+            # Only when recorded, so older manifests read and write back unchanged.
+            **({"file_sizes": dict(self.file_sizes)} if self.file_sizes else {}),
             "provenance": self.provenance,
             "metrics": self.metrics,
             "parity": self.parity,
@@ -139,6 +150,7 @@ class Manifest:
                 onnx_opset=int(onnx.get("opset", 17)),
                 weights_file=d.get("weights"),
                 files=dict(d.get("files", {})),
+                file_sizes=dict(d.get("file_sizes", {})),
                 provenance=d.get("provenance", {}),
                 metrics=d.get("metrics", {}),
                 parity=d.get("parity", {}),
@@ -146,6 +158,7 @@ class Manifest:
             )
         except PackageError:
             raise
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, ZeroDivisionError) as err:
+            # A damaged manifest surfaces as any of these from the typed fields' conversions.
             raise PackageError(f"manifest is malformed ({type(err).__name__}: {err}); re-export the package "
                                f"with `tpem-seg export`") from err
