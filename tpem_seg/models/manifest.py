@@ -13,7 +13,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tpem_seg.errors import PackageError
+from tpem_seg.errors import PackageError, TpemSegError
 from tpem_seg.models.registry import UNETRConfig
 
 FORMAT_VERSION = 1
@@ -158,6 +158,8 @@ class Manifest:
             )
         except PackageError:
             raise
+        except TpemSegError as err:  # the registry's refusal of a config it does not know
+            raise PackageError(f"manifest config is malformed ({err}); re-export the package") from err
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError, ZeroDivisionError) as err:
             # A damaged manifest surfaces as any of these from the typed fields' conversions.
             raise PackageError(f"manifest is malformed ({type(err).__name__}: {err}); re-export the package "
