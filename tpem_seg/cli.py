@@ -1,8 +1,8 @@
 """The ``tpem-seg`` command line: a thin face over the Python API.
 
 User errors (:class:`~tpem_seg.errors.TpemSegError`) end with one line on
-stderr and exit code 2; Ctrl-C leaves no partial output; anything else is a
-bug and exits 1 with its traceback.
+stderr and exit code 2; Ctrl-C, SIGTERM and SIGHUP leave no partial output (exit
+128 + signal); anything else is a bug and exits 1 with its traceback.
 """
 
 from __future__ import annotations
@@ -48,16 +48,21 @@ def parse_ints(text: Optional[str], what: str) -> Optional[list[int]]:
     if text is None:
         return None
     try:
-        return [int(v) for v in text.split(",")]
+        values = [int(v) for v in text.split(",")]
     except ValueError:
         raise InputError(f"{what} {text!r} must be comma-separated channel indices, e.g. 0,1") from None
+    if len(set(values)) != len(values) or min(values) < 0:
+        raise InputError(f"{what} {text!r} must name distinct channel indices from 0, e.g. 0,1")
+    return values
 
 
 def output_paths(inputs: list[Path], output: Path, probabilities: bool) -> list[Path]:
     """One output per input: ``output`` itself for one input, else ``output/STEM_labels.tif``."""
+    from tpem_seg.io._zarr import is_zarr_folder
+
     suffix = "_probabilities.tif" if probabilities else "_labels.tif"
-    if len(inputs) == 1 and not output.is_dir():
-        return [output]
+    if len(inputs) == 1 and (not output.is_dir() or is_zarr_folder(output)):
+        return [output]  # an existing zarr store is an output to replace, not a folder to write into
     if not output.is_dir():
         raise OutputError(f"{output} is not a folder; with several inputs, -o must name an existing folder")
     return [output / (_stem(p) + suffix) for p in inputs]
@@ -106,11 +111,13 @@ def run(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Segment volumes; write uint8 labels (or probabilities) with the input's voxel size."""
+    from tpem_seg.io.paths import check_outputs
     from tpem_seg.runtime import Segmenter
 
     spacing_t = parse_floats(spacing, 3, "--spacing")
     channel_list = parse_ints(channels, "--channels")
     outputs = output_paths(inputs, output, probabilities)
+    check_outputs(inputs, outputs)
     model_name = model or default_model_for(inputs[0], axes, channel_list)
     with Segmenter(model_name, backend=backend, device=device, precision=precision,
                    output="probabilities" if probabilities else "labels", channels=channel_list,
@@ -202,13 +209,20 @@ _register_subcommands()
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Console entry point. Typer handles usage errors (exit 2) and Ctrl-C ("Aborted!", exit 1,
-    after the writers have removed their partial files); user errors end here with exit 2."""
+    """Console entry point. Typer handles usage errors (exit 2); user errors end here with exit 2;
+    SIGTERM, SIGHUP and Ctrl-C with one line and 128 + the signal's number (143, 129, 130), after the
+    writers have removed their partial files."""
+    from tpem_seg.interrupts import Terminated, signals_as_exceptions
+
     try:
-        app(args=argv)
+        with signals_as_exceptions():  # SIGTERM/SIGHUP/SIGINT unwind: partial files are removed
+            app(args=argv)
     except TpemSegError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
+    except Terminated as stop:
+        typer.echo(f"error: {stop}; partial output removed", err=True)
+        sys.exit(stop.exit_code)
 
 
 if __name__ == "__main__":
