@@ -52,7 +52,11 @@ def open_zarr(path: Path) -> RawVolume:
     if hasattr(node, "shape"):
         check_chunks(path, node, path)
         return _plain_array(node, attrs)
-    multiscales = _multiscales(attrs)
+    try:
+        multiscales = _multiscales(attrs)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{path} has malformed OME-Zarr metadata (multiscales: {type(err).__name__}: {err}); "
+                         "write the image again") from err
     if not multiscales:
         try:
             arrays = sorted(name for name, _ in node.arrays())
@@ -124,9 +128,11 @@ def _dataset_folder(path: Path, rel: Any) -> Path:
 def _multiscales(attrs: Mapping[str, Any]) -> list[dict]:
     """OME-Zarr ``multiscales``: top level up to NGFF 0.4, under ``ome`` from 0.5 (zarr v3)."""
     ome = attrs.get("ome")
-    if isinstance(ome, Mapping) and "multiscales" in ome:
-        return list(ome["multiscales"])
-    return list(attrs.get("multiscales") or [])
+    found = ome["multiscales"] if isinstance(ome, Mapping) and "multiscales" in ome else attrs.get("multiscales")
+    found = list(found or [])
+    if not all(isinstance(m, Mapping) for m in found):
+        raise TypeError("multiscales must be a list of objects")
+    return found
 
 
 def _plain_array(array: Any, attrs: Mapping[str, Any]) -> RawVolume:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tokenize
 from pathlib import Path
 from typing import Sequence
 
@@ -104,6 +105,10 @@ def open_npy(path: Path) -> RawVolume:
                      channel_names=[str(n) for n in names])
 
 
+#: numpy's own bound on a ``.npy`` header (``max_header_size`` of ``numpy.load``).
+NPY_MAX_HEADER_BYTES = 10000
+
+
 def read_npy_header(path: Path) -> np.dtype:
     """The dtype a ``.npy`` file declares, read from its header alone (no data, no pickle).
 
@@ -115,9 +120,16 @@ def read_npy_header(path: Path) -> np.dtype:
     try:
         with open(path, "rb") as fh:
             major, _ = npy_format.read_magic(fh)
+            # numpy reads a header of the declared length before it checks that length: bound it first.
+            length_bytes = fh.read(2 if major == 1 else 4)
+            declared = int.from_bytes(length_bytes, "little")
+            if len(length_bytes) < (2 if major == 1 else 4) or declared > NPY_MAX_HEADER_BYTES:
+                raise ValueError(f"header length {declared} beyond {NPY_MAX_HEADER_BYTES} bytes")
+            fh.seek(-len(length_bytes), os.SEEK_CUR)
             read_header = npy_format.read_array_header_1_0 if major == 1 else npy_format.read_array_header_2_0
             _, _, dtype = read_header(fh)
-    except (OSError, ValueError, EOFError, SyntaxError, TypeError) as err:
+    except (OSError, ValueError, EOFError, SyntaxError, TypeError, RecursionError, tokenize.TokenError) as err:
+        # numpy parses the header as a Python literal: a damaged one fails in the tokenizer or parser.
         raise InputError(f"{path} is not a readable .npy array ({type(err).__name__}: {err}); "
                          "save it with numpy.save (numeric dtype)") from err
     return dtype

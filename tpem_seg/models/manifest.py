@@ -78,6 +78,14 @@ class Manifest:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        texts = {"name": self.name, "onnx file": self.onnx_file, "activation": self.activation}
+        if self.weights_file is not None:
+            texts["weights file"] = self.weights_file
+        for what, value in texts.items():
+            if not isinstance(value, str):
+                raise PackageError(f"manifest {what} {value!r} must be a string; re-export the package")
+        if not all(isinstance(n, str) for n in [*self.channels, *self.classes]):
+            raise PackageError("manifest channel and class names must be strings; re-export the package")
         if len(self.channels) != self.config.in_channels:
             raise PackageError(f"manifest names {len(self.channels)} channels but the network takes "
                                f"{self.config.in_channels}")
