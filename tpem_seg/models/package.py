@@ -11,6 +11,7 @@ costs no time).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -249,10 +250,42 @@ def write_package(dst: str | os.PathLike, manifest: Manifest, files: Mapping[str
         data = manifest.to_dict()
         data[DIGEST_KEY] = manifest_digest(data)
         (tmp / MANIFEST).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
+        _publish(tmp, dst, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ModelPackage(dst, manifest)
+
+
+def _publish(tmp: Path, dst: Path, overwrite: bool, attempts: int = 20) -> None:
+    """Rename the finished folder ``tmp`` to ``dst``, moving an older ``dst`` aside first.
+
+    Several processes may publish the same package at once (a cache filled by concurrent runs):
+    each rename is atomic, and a ``dst`` that reappears between moving the old one aside and the
+    rename is moved aside again, so exactly one complete package ends up at ``dst``.
+    """
+    for _ in range(attempts):
+        old = None
+        if dst.exists():
+            if not overwrite:
+                raise PackageError(f"{dst} exists; choose another name or pass --overwrite")
+            old = dst.with_name(f".{dst.name}.old-{os.getpid()}-{os.urandom(4).hex()}")
+            try:
+                os.rename(dst, old)
+            except FileNotFoundError:  # another writer moved it first
+                old = None
+        try:
+            os.rename(tmp, dst)
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            continue  # another writer published in between: move theirs aside, try again
+        finally:
+            if old is not None:
+                try:
+                    shutil.rmtree(old)
+                except OSError as err:
+                    log.warning("replaced %s but could not remove its old copy %s (%s); delete it by hand",
+                                dst, old, err)
+        return
+    raise PackageError(f"could not publish {dst}: other processes keep replacing it; try again")

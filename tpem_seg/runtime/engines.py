@@ -30,6 +30,7 @@ import ctypes
 import json
 import logging
 import os
+import tempfile
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -365,9 +366,16 @@ def timing_cache_path(folder: Path, machine: MachineInfo) -> Path:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    # A name of its own per writer: two runs building the same engine must not share one temporary file.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would survive the rename; engines are shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_engine(folder: Path, key: EngineKey, plan: bytes, meta: dict[str, Any]) -> EngineRecord:
