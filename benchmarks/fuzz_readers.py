@@ -18,6 +18,7 @@ Not part of the test suite: the saved crashers become regression cases in tests/
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import io
 import json
@@ -159,9 +160,10 @@ def mutate_json(data: bytes, rng: random.Random) -> bytes:
         elif op == 1 and isinstance(parent[key], (int, float)) and not isinstance(parent[key], bool):
             parent[key] = parent[key] * rng.choice([-1, 0, 2, 10**6, 10**18])
         elif op == 2 and isinstance(parent[key], list) and parent[key]:
-            parent[key] = parent[key] + parent[key][:1] if rng.random() < 0.5 else parent[key][1:]
+            grown = parent[key] + copy.deepcopy(parent[key][:1])
+            parent[key] = grown if rng.random() < 0.5 else parent[key][1:]
         else:
-            parent[key] = rng.choice(JSON_VALUES)
+            parent[key] = copy.deepcopy(rng.choice(JSON_VALUES))  # a copy: never the table itself
     return json.dumps(doc).encode()
 
 

@@ -3,6 +3,7 @@ project's own error, and is left as it was.
 
 Cases live in tests/io/fuzz_cases/, named by what they exercise:
 ``*.npy`` (a whole file), ``*.zattrs`` (the attributes of an otherwise valid OME-Zarr image),
+``*.zarray`` (the metadata of an otherwise valid zarr array),
 ``*.manifest.json`` (the manifest of an otherwise valid package with placeholder model bytes).
 """
 
@@ -34,6 +35,14 @@ def _place(case: Path, folder: Path) -> tuple[Path, Path]:
         image = write_volume(folder / "image.zarr", np.ones((3, 16, 16), np.uint8), "ZYX")
         shutil.copyfile(case, image / ".zattrs")
         return image, image / ".zattrs"
+    if case.suffix == ".zarray":
+        import zarr
+
+        array = zarr.open_array(str(folder / "array.zarr"), mode="w", shape=(3, 16, 16), chunks=(1, 16, 16),
+                                dtype="u1", zarr_format=2)
+        array[:] = 7
+        shutil.copyfile(case, folder / "array.zarr" / ".zarray")
+        return folder / "array.zarr", folder / "array.zarr" / ".zarray"
     path = folder / f"case{case.suffix}"
     shutil.copyfile(case, path)
     return path, path

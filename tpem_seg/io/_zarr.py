@@ -83,9 +83,12 @@ def check_chunks(path: Path, array: Any, folder: Path) -> None:
     Raises:
         InputError: a chunk beyond :func:`~tpem_seg.io.limits.check_unit`, or no chunk stored.
     """
-    chunk_bytes = math.prod(int(c) for c in array.chunks) * np.dtype(array.dtype).itemsize
-    check_unit(str(path), "a chunk", chunk_bytes)
-    expected = math.prod(-(-int(n) // int(c)) for n, c in zip(array.shape, array.chunks))
+    chunks = [int(c) for c in array.chunks]
+    if len(chunks) != len(array.shape) or min(chunks, default=1) < 1:
+        raise InputError(f"{path} declares chunks {tuple(chunks)} for shape {tuple(array.shape)}; the metadata "
+                         "are damaged: copy or write it again")
+    check_unit(str(path), "a chunk", math.prod(chunks) * np.dtype(array.dtype).itemsize)
+    expected = math.prod(-(-int(n) // c) for n, c in zip(array.shape, chunks))
     stored = sum(1 for root, _, files in os.walk(folder) for f in files
                  if f not in _METADATA_FILES and not (Path(root) / f).is_symlink())
     if stored == 0 and expected > 0:

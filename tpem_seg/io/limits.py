@@ -9,6 +9,7 @@ file's own size times that codec's largest compression ratio.
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 
@@ -26,6 +27,11 @@ UNIT_SHARE = 0.25
 #: 4094 bytes; PackBits repeats a byte at most 128 times per 2 bytes. Codecs without a
 #: small proven bound (zstd, lzma, JPEG...) are bounded by memory alone.
 MAX_RATIO = {1: 1.0, 5: 4094 * 8 / 9, 8: 1032.0, 32946: 1032.0, 32773: 64.0}
+
+
+#: Most chunks one z-plane may span: each costs a lookup and a decode, so a plane of millions of
+#: tiny chunks reads for hours (an 8192 x 8192 plane in 32 x 32 chunks is 65536).
+MAX_CHUNKS_PER_PLANE = 100_000
 
 
 def usable_memory() -> int:
@@ -64,6 +70,20 @@ def check_unit(source: str, what: str, nbytes: int) -> None:
             f"{source} declares {what} of {_gb(nbytes)}, more than one read may use ({_gb(limit)}); the "
             f"header is damaged or the file needs re-saving in smaller pieces (set {MEMORY_ENV} to allow more)"
         )
+
+
+def check_plane(source: str, shape: tuple[int, ...], z_axis: int, itemsize: int,
+                chunks: tuple[int, ...] | None) -> None:
+    """Refuse a z-plane (all dimensions but ``z_axis`` of ``shape``) too large to read at once, or one
+    spread over more than :data:`MAX_CHUNKS_PER_PLANE` chunks of a chunked store."""
+    others = [int(n) for i, n in enumerate(shape) if i != z_axis]
+    check_unit(source, "a z-plane", math.prod(others) * itemsize)
+    if chunks is None or len(chunks) != len(shape):
+        return
+    spans = math.prod(-(-int(n) // max(int(c), 1)) for i, (n, c) in enumerate(zip(shape, chunks)) if i != z_axis)
+    if spans > MAX_CHUNKS_PER_PLANE:
+        raise InputError(f"{source}: one z-plane spans {spans} chunks (chunks {tuple(chunks)}, shape {tuple(shape)}), "
+                         f"more than {MAX_CHUNKS_PER_PLANE}; rechunk it with larger chunks in y and x (e.g. 256 x 256)")
 
 
 def check_ratio(source: str, codec: int, declared: int, stored: int) -> None:

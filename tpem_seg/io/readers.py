@@ -30,6 +30,7 @@ from tpem_seg.io._lazy import LazyArray
 from tpem_seg.io._meta import VOXEL_SIZE_KEY, RawVolume, resolve_axes, valid_spacing
 from tpem_seg.io._tiff import TIFF_SUFFIXES, open_tiff
 from tpem_seg.io._zarr import is_zarr_folder, open_zarr
+from tpem_seg.io.limits import check_plane
 from tpem_seg.io.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def open_npy(path: Path) -> RawVolume:
     check_dtype(header, str(path))
     try:
         data = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
+    except (OSError, ValueError, EOFError, OverflowError) as err:  # OverflowError: absurd declared shape
         raise InputError(f"{path} is not a readable .npy array ({type(err).__name__}: {err}); "
                          "save it with numpy.save (numeric dtype)") from err
     meta = read_sidecar(path)
@@ -161,6 +162,12 @@ def _to_volume(raw: RawVolume, axes: str | None, spacing: Sequence[float] | None
         raise InputError(f"{source} is empty (shape {shape}); pass a volume with data")
     check_dtype(np.dtype(raw.data.dtype), source)
     letters, drop = resolve_axes(shape, raw.axes, axes, source)
+    if "Z" in letters:
+        # The runtime reads whole z-planes (all channels) at once.
+        z_axis = [i for i in range(len(shape)) if i not in drop][letters.index("Z")]
+        chunks = getattr(raw.data, "chunks", None)
+        check_plane(source, shape, z_axis, np.dtype(raw.data.dtype).itemsize,
+                    tuple(chunks) if isinstance(chunks, tuple) else None)
     data = LazyArray(raw.data, source, drop=drop, closers=raw.closers)
     raw.closers = []  # now owned by ``data``
     if "Z" not in letters and len(letters) in (2, 3):
