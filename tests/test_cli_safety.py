@@ -102,6 +102,44 @@ def test_output_inside_an_input_zarr(cli, tmp_path):
     assert sorted(p.name for p in store.rglob("*")) == before
 
 
+# -- hostile inputs, end to end ------------------------------------------------------------------------
+
+
+def _shapes_tiff(path: Path) -> None:
+    with tifffile.TiffWriter(path) as tif:
+        for _ in range(3):
+            tif.write(np.ones((64, 64), np.uint8), metadata=None)
+        tif.write(np.ones((32, 32), np.uint8), metadata=None)
+
+
+def _bomb_tiff(path: Path) -> None:
+    tifffile.imwrite(path, np.ones((3, 32, 32), np.uint8), compression="zlib", metadata=None)
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        for page in tif.pages:
+            page.tags["ImageWidth"].overwrite(2**31 - 1)
+            page.tags["ImageLength"].overwrite(2**20)
+
+
+@pytest.mark.parametrize("make, name, word", [
+    (_shapes_tiff, "shapes.tif", "separate images"),
+    (lambda p: p.touch(), "empty.tif", "not a readable TIFF"),
+    (lambda p: np.save(p, np.array([None, {}], dtype=object), allow_pickle=True), "objects.npy", "Python objects"),
+    (lambda p: np.save(p, np.zeros((16, 64, 64), np.complex64)), "complex.npy", "complex"),
+    (_bomb_tiff, "bomb.tif", "declares a page of"),
+], ids=["page-shapes", "zero-bytes", "npy-objects", "complex", "bomb"])
+def test_hostile_input_end_to_end(cli, tmp_path, make, name, word):
+    src = tmp_path / name
+    make(src)
+    out = tmp_path / "labels.tif"
+    assert word in refused(cli, ["run", src, "-o", out, *MODEL], [src], tmp_path)
+
+
+def test_folder_named_like_a_tiff(cli, tmp_path):
+    src = tmp_path / "stack.tif"
+    src.mkdir()
+    assert "not a zarr store" in refused(cli, ["run", src, "-o", tmp_path / "labels.tif", *MODEL], [], tmp_path)
+
+
 # -- options out of range ----------------------------------------------------------------------------
 
 

@@ -94,9 +94,8 @@ class VolumeWriter:
         self._state = "open"
         self._temps: list[tuple[Path, Path]] = []  # (temporary, final), published in this order
         self._lock = OutputLock(path)
-        self._lock.acquire()  # before cleaning: a live writer's temporaries are its own
         try:
-            remove_stale_partials(path)
+            self._lock.acquire()  # before _reserve cleans up: a live writer's temporaries are its own
             self._open()
         except OSError as err:
             self._remove_temps()
@@ -253,7 +252,9 @@ class VolumeWriter:
         return block.astype(self.dtype)
 
     def _reserve(self, final: Path, folder: bool = False) -> Path:
-        """Create a hidden temporary file (or folder) next to ``final`` and register it."""
+        """Create a hidden temporary file (or folder) next to ``final`` and register it, after removing
+        those a killed run left for ``final``."""
+        remove_stale_partials(final)
         for _ in range(100):
             temp = partial_name(final)
             try:
