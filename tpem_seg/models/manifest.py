@@ -41,6 +41,10 @@ class NormalizationSpec:
             raise PackageError(f"normalization mode {self.mode!r} unknown; use one of {NORMALIZATION_MODES}")
         object.__setattr__(self, "percentiles", tuple(float(p) for p in self.percentiles))
         object.__setattr__(self, "range", tuple(float(r) for r in self.range))
+        if len(self.percentiles) != 2 or len(self.range) != 2:
+            raise PackageError(f"percentiles {self.percentiles} and range {self.range} must be two numbers (low, high)")
+        if not all(math.isfinite(v) for v in self.range):
+            raise PackageError(f"intensity range {self.range} must be finite")
         lo, hi = self.percentiles
         if not 0.0 <= lo < hi <= 100.0:
             raise PackageError(f"percentiles {self.percentiles} must satisfy 0 <= low < high <= 100")
@@ -168,7 +172,7 @@ class Manifest:
             raise
         except TpemSegError as err:  # the registry's refusal of a config it does not know
             raise PackageError(f"manifest config is malformed ({err}); re-export the package") from err
-        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, ZeroDivisionError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, ZeroDivisionError, IndexError) as err:
             # A damaged manifest surfaces as any of these from the typed fields' conversions.
             raise PackageError(f"manifest is malformed ({type(err).__name__}: {err}); re-export the package "
                                f"with `tpem-seg export`") from err
