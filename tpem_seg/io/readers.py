@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tokenize
 from pathlib import Path
@@ -161,6 +162,9 @@ def _to_volume(raw: RawVolume, axes: str | None, spacing: Sequence[float] | None
     if 0 in shape or not shape:
         raise InputError(f"{source} is empty (shape {shape}); pass a volume with data")
     check_dtype(np.dtype(raw.data.dtype), source)
+    if math.prod(shape) > MAX_VOXELS:  # exact: Python ints, before any int64 arithmetic can overflow
+        raise InputError(f"{source} declares {math.prod(shape):.3g} voxels (shape {shape}), more than any volume "
+                         f"this reads ({MAX_VOXELS:.3g}); its header is damaged: copy or export it again")
     letters, drop = resolve_axes(shape, raw.axes, axes, source)
     if "Z" in letters:
         # The runtime reads whole z-planes (all channels) at once.
@@ -180,6 +184,10 @@ def _to_volume(raw: RawVolume, axes: str | None, spacing: Sequence[float] | None
                  tuple(data.shape), data.dtype, volume.spacing)
     return volume
 
+
+#: Most voxels a volume may declare (2^48, 281 T: a petabyte of 32-bit floats). Sparse zarr stores and
+#: damaged headers can declare any shape; beyond this, sizes overflow int64 byte counts.
+MAX_VOXELS = 2**48
 
 #: Kinds of numpy dtype a volume may hold: unsigned and signed integers, floats.
 VOLUME_DTYPE_KINDS = "uif"
