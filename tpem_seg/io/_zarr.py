@@ -68,7 +68,8 @@ def open_zarr(path: Path) -> RawVolume:
                          f"pass the path of the array inside it {hint}")
     try:
         return _ome_zarr(path, node, multiscales[0], attrs)
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as err:
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, OSError) as err:  # OSError: e.g. a
+        # dataset path longer than the file system allows
         raise InputError(f"{path} has malformed OME-Zarr metadata ({type(err).__name__}: {err}); "
                          f"pass the path of its level-0 array instead (e.g. {path}/0)") from err
 
