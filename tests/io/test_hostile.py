@@ -327,3 +327,14 @@ def test_ome_zarr_level_inside_a_subfolder_is_fine(ome_zarr):
     shutil.rmtree(ome_zarr / "0")
     _point_level0(ome_zarr, "levels/0")
     assert read_volume(ome_zarr).shape_zyx == (4, 16, 16)
+
+
+def test_2d_zarr_image_larger_than_a_read(tmp_path, monkeypatch, one_line):
+    # A 2D image is read whole (as a one-plane stack): it must fit the read limit too.
+    import zarr
+
+    path = tmp_path / "wide.zarr"
+    array = zarr.open_array(str(path), mode="w", shape=(64, 64), chunks=(32, 32), dtype="u2", zarr_format=2)
+    array[:] = 1
+    monkeypatch.setenv(MEMORY_ENV, str(64 * 64 * 2 - 1))
+    assert "declares a z-plane of" in refused(path, one_line, read_plane=False)

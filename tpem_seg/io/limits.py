@@ -74,8 +74,9 @@ def check_unit(source: str, what: str, nbytes: int) -> None:
 
 def check_plane(source: str, shape: tuple[int, ...], z_axis: int, itemsize: int,
                 chunks: tuple[int, ...] | None) -> None:
-    """Refuse a z-plane (all dimensions but ``z_axis`` of ``shape``) too large to read at once, or one
-    spread over more than :data:`MAX_CHUNKS_PER_PLANE` chunks of a chunked store."""
+    """Refuse a z-plane (all dimensions but ``z_axis`` of ``shape``; all of them for ``z_axis=-1``, a 2D
+    image read whole) too large to read at once, or one spread over more than
+    :data:`MAX_CHUNKS_PER_PLANE` chunks of a chunked store."""
     others = [int(n) for i, n in enumerate(shape) if i != z_axis]
     check_unit(source, "a z-plane", math.prod(others) * itemsize)
     if chunks is None or len(chunks) != len(shape):

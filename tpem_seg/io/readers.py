@@ -166,12 +166,11 @@ def _to_volume(raw: RawVolume, axes: str | None, spacing: Sequence[float] | None
         raise InputError(f"{source} declares {math.prod(shape):.3g} voxels (shape {shape}), more than any volume "
                          f"this reads ({MAX_VOXELS:.3g}); its header is damaged: copy or export it again")
     letters, drop = resolve_axes(shape, raw.axes, axes, source)
-    if "Z" in letters:
-        # The runtime reads whole z-planes (all channels) at once.
-        z_axis = [i for i in range(len(shape)) if i not in drop][letters.index("Z")]
-        chunks = getattr(raw.data, "chunks", None)
-        check_plane(source, shape, z_axis, np.dtype(raw.data.dtype).itemsize,
-                    tuple(chunks) if isinstance(chunks, tuple) else None)
+    # The runtime reads whole z-planes (all channels) at once; a 2D image is read whole (z_axis -1).
+    z_axis = [i for i in range(len(shape)) if i not in drop][letters.index("Z")] if "Z" in letters else -1
+    chunks = getattr(raw.data, "chunks", None)
+    check_plane(source, shape, z_axis, np.dtype(raw.data.dtype).itemsize,
+                tuple(chunks) if isinstance(chunks, tuple) else None)
     data = LazyArray(raw.data, source, drop=drop, closers=raw.closers)
     raw.closers = []  # now owned by ``data``
     if "Z" not in letters and len(letters) in (2, 3):
