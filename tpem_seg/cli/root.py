@@ -1,8 +1,8 @@
 """The ``tpem-seg`` app: logging set-up, the command modules, and how errors end.
 
 User errors (:class:`~tpem_seg.errors.TpemSegError`) end with one line on
-stderr and exit code 2; Ctrl-C leaves no partial output; anything else is a
-bug and exits 1 with its traceback.
+stderr and exit code 2; Ctrl-C, SIGTERM and SIGHUP leave no partial output (exit
+128 + signal); anything else is a bug and exits 1 with its traceback.
 """
 
 from __future__ import annotations
@@ -57,10 +57,17 @@ for _module in (segment, train, export, bioimageio, bench):  # the order of `tpe
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Console entry point. Typer handles usage errors (exit 2) and Ctrl-C ("Aborted!", exit 1,
-    after the writers have removed their partial files); user errors end here with exit 2."""
+    """Console entry point. Typer handles usage errors (exit 2); user errors end here with exit 2;
+    SIGTERM, SIGHUP and Ctrl-C with one line and 128 + the signal's number (143, 129, 130), after the
+    writers have removed their partial files."""
+    from tpem_seg.util.interrupts import Terminated, signals_as_exceptions
+
     try:
-        app(args=argv)
+        with signals_as_exceptions():  # SIGTERM/SIGHUP/SIGINT unwind: partial files are removed
+            app(args=argv)
     except TpemSegError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
+    except Terminated as stop:
+        typer.echo(f"error: {stop}; partial output removed", err=True)
+        sys.exit(stop.exit_code)

@@ -74,8 +74,10 @@ def output_paths(inputs: Sequence[Path], output: Path, probabilities: bool, temp
         OutputError: several inputs but ``output`` is not a folder, a template without
             ``{name}`` for several inputs, or two inputs that would get the same output.
     """
-    if len(inputs) == 1 and not output.is_dir():
-        return [output]
+    from tpem_seg.io._zarr import is_zarr_folder
+
+    if len(inputs) == 1 and (not output.is_dir() or is_zarr_folder(output)):
+        return [output]  # an existing zarr store is an output to replace, not a folder to write into
     if not output.is_dir():
         raise OutputError(f"{output} is not a folder; with several inputs, -o must name an existing folder")
     template = template or (PROBABILITIES_TEMPLATE if probabilities else LABELS_TEMPLATE)

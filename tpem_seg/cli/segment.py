@@ -65,13 +65,17 @@ def run(
     """Segment volumes; write uint8 labels (or probabilities) with the input's voxel size."""
     from tpem_seg.cli.run_helpers import JsonLines, expand_inputs, output_paths, run_record
     from tpem_seg.io import read_volume
+    from tpem_seg.io.paths import check_outputs
     from tpem_seg.models.package import sha256_file
     from tpem_seg.runtime import Segmenter
 
     spacing_t = parse_numbers(spacing, "--spacing", 3, example="5,0.99,0.99")
     channel_list = parse_numbers(channels, "--channels", kind=int, example="0,1")
+    if channel_list is not None and (len(set(channel_list)) != len(channel_list) or min(channel_list) < 0):
+        raise InputError(f"--channels {channels!r} must name distinct channel indices from 0, e.g. 0,1")
     sources = expand_inputs(inputs)
     outputs = output_paths(sources, output, probabilities, name_template)
+    check_outputs(sources, outputs)
     jobs = [(s, d) for s, d in zip(sources, outputs) if not (skip_existing and d.exists())]
     for src, dst in zip(sources, outputs):
         if (src, dst) not in jobs:

@@ -20,6 +20,7 @@ import tifffile
 
 from tpem_seg.errors import InputError
 from tpem_seg.io._meta import VOXEL_SIZE_KEY, RawVolume, Spacing, um_per_unit, valid_spacing
+from tpem_seg.io.limits import check_ratio, check_unit
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +31,11 @@ TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
 #: display or print (72 dpi = 353 µm pixels): they say nothing about the sample.
 _DEFAULT_DPI = {72.0, 96.0, 150.0, 300.0, 600.0}
 
-#: What tifffile raises on a file it cannot parse.
-_PARSE_ERRORS = (tifffile.TiffFileError, OSError, EOFError, ValueError, struct.error, KeyError, IndexError)
+#: What tifffile raises on a file it cannot parse. Damaged tags surface from deep inside it as
+#: any of these (a RuntimeError from a decoder, a TypeError from a tag of the wrong type...);
+#: they are caught only around calls into tifffile, never around this module's own logic.
+_PARSE_ERRORS = (tifffile.TiffFileError, OSError, EOFError, ValueError, struct.error, KeyError, IndexError,
+                 RuntimeError, TypeError, AttributeError, ZeroDivisionError, OverflowError)
 
 
 def open_tiff(path: Path) -> RawVolume:
@@ -57,8 +61,9 @@ def open_tiff(path: Path) -> RawVolume:
 def _read_tiff(path: Path, tif: tifffile.TiffFile) -> RawVolume:
     check_ifd_chain(path)
     try:
-        series = tif.series[0]
+        series = one_series(path, tif)
         check_data_extent(path, series)
+        check_declared_sizes(path, series)
     except _PARSE_ERRORS as err:
         raise InputError(
             f"{path} is a damaged TIFF ({type(err).__name__}: {err}); copy or export it again"
@@ -126,6 +131,60 @@ def check_ifd_chain(path: Path) -> None:
                 raise _truncated(path, next_at + offset_size, size)
             fh.seek(next_at)
             (offset,) = struct.unpack(order + offset_fmt, fh.read(offset_size))
+
+
+def _describe(series: tifffile.TiffPageSeries) -> str:
+    return f"{'x'.join(map(str, series.shape))} {series.dtype}"
+
+
+def one_series(path: Path, tif: tifffile.TiffFile) -> tifffile.TiffPageSeries:
+    """The file's one volume: its single series, whose pages all share one shape and dtype.
+
+    tifffile splits pages of different shapes or dtypes into several series; reading
+    the first alone would segment part of the file as if it were all of it.
+    Reduced-resolution series (thumbnails, pyramid previews) are not volumes.
+
+    Raises:
+        InputError: several full-resolution series, or pages that differ within the series.
+    """
+    series = [s for s in tif.series if not getattr(s.keyframe, "is_reduced", False)] or list(tif.series)
+    if not series:
+        raise InputError(f"{path} holds no image; export it again")
+    if len(series) > 1:
+        kinds = "; ".join(_describe(s) for s in series[:3]) + ("; ..." if len(series) > 3 else "")
+        raise InputError(
+            f"{path} holds {len(series)} separate images ({kinds}), not one stack; tpem-seg reads one "
+            "volume per file: save each as its own file (e.g. Fiji: Image > Stacks > Tools > Make Substack)"
+        )
+    first = series[0]
+    key = first.keyframe
+    for page in first.pages:
+        if page is None or page is key or not hasattr(page, "shape"):
+            continue  # frames (TiffFrame) share their keyframe's layout by construction
+        if page.shape != key.shape or page.dtype != key.dtype:
+            raise InputError(
+                f"{path}: page {page.index} is {'x'.join(map(str, page.shape))} {page.dtype} but the first is "
+                f"{'x'.join(map(str, key.shape))} {key.dtype}; save the stack again with one shape and type"
+            )
+    return first
+
+
+def check_declared_sizes(path: Path, series: tifffile.TiffPageSeries) -> None:
+    """Refuse a decompression bomb before anything is decoded.
+
+    One page is what the lazy reader decodes at once, so one page must fit the read
+    limit (:func:`~tpem_seg.io.limits.check_unit`); and no page may declare more decoded
+    bytes than its stored bytes can hold under its codec.
+    """
+    key = series.keyframe
+    bits = int(getattr(key, "bitspersample", 8)) or 8
+    page_bytes = int(np.prod(key.shape, dtype=np.int64)) * max(bits, 8) // 8
+    check_unit(str(path), "a page", page_bytes)
+    for page in series.pages:
+        if page is None or not hasattr(page, "databytecounts") or not len(page.databytecounts):
+            continue
+        declared = -(-int(np.prod(page.shape, dtype=np.int64)) * bits // 8)
+        check_ratio(str(path), int(page.compression), declared, int(sum(int(n) for n in page.databytecounts)))
 
 
 def check_data_extent(path: Path, series: tifffile.TiffPageSeries) -> None:

@@ -10,18 +10,30 @@ properties) and ``omero`` channels (label, colour, window) for multi-channel dat
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+import math
+import os
+from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, Sequence
+
 
 import numpy as np
 
 from tpem_seg.errors import InputError
 from tpem_seg.io._meta import VOXEL_SIZE_KEY, RawVolume, Spacing, class_rgb, um_per_unit, valid_spacing
+from tpem_seg.io.limits import check_unit
 
 logger = logging.getLogger(__name__)
 
 #: Files that mark a folder as a zarr store (zarr v2 array/group, zarr v3 node).
 ZARR_MARKERS = (".zarray", ".zgroup", "zarr.json")
+
+#: Metadata files of a zarr node: everything else in an array's folder is a chunk.
+_METADATA_FILES = frozenset(ZARR_MARKERS + (".zattrs", ".zmetadata"))
+
+#: What zarr raises on metadata it cannot parse: a damaged JSON file surfaces as any of these
+#: from deep inside zarr (caught only around calls into zarr).
+_OPEN_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, ZeroDivisionError,
+                OverflowError, RecursionError, NotImplementedError)
 
 
 def is_zarr_folder(path: Path) -> bool:
@@ -39,33 +51,100 @@ def open_zarr(path: Path) -> RawVolume:
 
     try:
         node = zarr.open(str(path), mode="r")
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        attrs = dict(node.attrs)
+    except _OPEN_ERRORS as err:
         raise InputError(
             f"{path} is not a readable zarr store ({type(err).__name__}: {err}); "
             "pass a .zarr folder holding an array or an OME-Zarr image"
         ) from err
-    attrs = dict(node.attrs)
     if hasattr(node, "shape"):
+        check_chunks(path, node, path)
         return _plain_array(node, attrs)
-    multiscales = _multiscales(attrs)
+    try:
+        multiscales = _multiscales(attrs)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{path} has malformed OME-Zarr metadata (multiscales: {type(err).__name__}: {err}); "
+                         "write the image again") from err
     if not multiscales:
-        arrays = sorted(name for name, _ in node.arrays())
+        try:
+            arrays = sorted(name for name, _ in node.arrays())
+        except _OPEN_ERRORS as err:
+            raise InputError(f"{path} is a zarr group with damaged members ({type(err).__name__}: {err}); "
+                             "copy or write it again") from err
         hint = f"(e.g. {path / arrays[0]})" if arrays else "(it holds none)"
         raise InputError(f"{path} is a zarr group without OME-Zarr multiscales metadata; "
                          f"pass the path of the array inside it {hint}")
     try:
         return _ome_zarr(path, node, multiscales[0], attrs)
-    except (KeyError, IndexError, TypeError, ValueError) as err:
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, OSError) as err:  # OSError: e.g. a
+        # dataset path longer than the file system allows
         raise InputError(f"{path} has malformed OME-Zarr metadata ({type(err).__name__}: {err}); "
                          f"pass the path of its level-0 array instead (e.g. {path}/0)") from err
+
+
+def check_chunks(path: Path, array: Any, folder: Path) -> None:
+    """Refuse a chunk too large to decode, or an array whose chunks are all missing.
+
+    Zarr reads a missing chunk as the fill value, and writers skip chunks that equal
+    it (empty background), so some missing chunks are normal: they are logged. None at
+    all, for an array that declares data, is a copy that never finished.
+
+    Raises:
+        InputError: a chunk beyond :func:`~tpem_seg.io.limits.check_unit`, or no chunk stored.
+    """
+    chunks = [int(c) for c in array.chunks]
+    if len(chunks) != len(array.shape) or min(chunks, default=1) < 1:
+        raise InputError(f"{path} declares chunks {tuple(chunks)} for shape {tuple(array.shape)}; the metadata "
+                         "are damaged: copy or write it again")
+    check_unit(str(path), "a chunk", math.prod(chunks) * np.dtype(array.dtype).itemsize)
+    expected = math.prod(-(-int(n) // c) for n, c in zip(array.shape, chunks))
+    stored = sum(1 for root, _, files in os.walk(folder) for f in files
+                 if f not in _METADATA_FILES and not (Path(root) / f).is_symlink())
+    if stored == 0 and expected > 0:
+        raise InputError(f"{path} declares a {'x'.join(map(str, array.shape))} array but stores no chunk of it; "
+                         "the copy is incomplete: copy or write it again")
+    if stored < expected:
+        logger.warning("%s: %d of %d chunks are not stored and read as the fill value %s (writers skip empty "
+                       "chunks; if the copy was interrupted, copy it again)", path, expected - stored, expected,
+                       array.fill_value)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """True when ``path``, symlinks resolved, lies inside ``root`` (resolved)."""
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _dataset_folder(path: Path, rel: Any) -> Path:
+    """The folder of an OME-Zarr dataset ``rel``: a relative path inside the image's folder.
+
+    Raises:
+        InputError: an absolute path, ``..`` segments, or a symlink leading out of ``path``.
+    """
+    if not isinstance(rel, str) or not rel:
+        raise InputError(f"{path}: OME-Zarr dataset path {rel!r} is not a path; write the image again")
+    parts = PurePosixPath(rel).parts
+    if PurePosixPath(rel).is_absolute() or ".." in parts or "\\" in rel:
+        raise InputError(f"{path}: OME-Zarr dataset path {rel!r} points outside the image's folder; "
+                         "tpem-seg reads only data inside it: copy that array into the image or pass its path")
+    folder = path.joinpath(*parts)
+    if not _inside(folder, path):
+        raise InputError(f"{path}: OME-Zarr dataset {rel!r} is a link to {folder.resolve()}, outside the image's "
+                         "folder; copy the data into the image or pass that array's path")
+    return folder
 
 
 def _multiscales(attrs: Mapping[str, Any]) -> list[dict]:
     """OME-Zarr ``multiscales``: top level up to NGFF 0.4, under ``ome`` from 0.5 (zarr v3)."""
     ome = attrs.get("ome")
-    if isinstance(ome, Mapping) and "multiscales" in ome:
-        return list(ome["multiscales"])
-    return list(attrs.get("multiscales") or [])
+    found = ome["multiscales"] if isinstance(ome, Mapping) and "multiscales" in ome else attrs.get("multiscales")
+    found = list(found or [])
+    if not all(isinstance(m, Mapping) for m in found):
+        raise TypeError("multiscales must be a list of objects")
+    return found
 
 
 def _plain_array(array: Any, attrs: Mapping[str, Any]) -> RawVolume:
@@ -95,11 +174,16 @@ def _scale(transforms: Any) -> list[float] | None:
 
 def _ome_zarr(path: Path, group: Any, multiscale: Mapping[str, Any], attrs: Mapping[str, Any]) -> RawVolume:
     dataset = multiscale["datasets"][0]
+    folder = _dataset_folder(path, dataset["path"])
     try:
         array = group[dataset["path"]]
     except KeyError as err:
         raise InputError(f"{path}: OME-Zarr level 0 ({dataset['path']!r}) is missing; "
                          "the image was not written completely, write it again") from err
+    if not hasattr(array, "shape"):
+        raise InputError(f"{path}: OME-Zarr level 0 ({dataset['path']!r}) is a group, not an array; "
+                         "write the image again")
+    check_chunks(path, array, folder)
     # NGFF 0.1/0.2 name no axes: they are always TCZYX.
     axes_meta = multiscale.get("axes") or list("tczyx")[-array.ndim:]
     axes = "".join(_axis_letter(a) for a in axes_meta)

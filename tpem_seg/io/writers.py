@@ -44,6 +44,8 @@ from tpem_seg.errors import OutputError
 from tpem_seg.io._lazy import page_releaser
 from tpem_seg.io._meta import VOXEL_SIZE_KEY, Spacing, class_rgb, valid_spacing
 from tpem_seg.io._zarr import is_zarr_folder, level_shape, ome_attributes
+from tpem_seg.io.space import check_free_space, disk_full_error, is_disk_full
+from tpem_seg.util.partials import OutputLock
 from tpem_seg.io.readers import sidecar_path
 from tpem_seg.util import atomic
 
@@ -102,14 +104,20 @@ class VolumeWriter:
         self._z = 0
         self._state = "open"
         self._temps: list[tuple[Path, Path]] = []  # (temporary, final), published in this order
+        self._lock = OutputLock(path)
         try:
+            self._lock.acquire()  # before _reserve cleans up: a live writer's temporaries are its own
             self._open()
         except OSError as err:
             self._remove_temps()
+            self._lock.release()
+            if is_disk_full(err, path.absolute().parent, self.nbytes):
+                raise disk_full_error(path, self.nbytes) from err
             raise OutputError(f"cannot create {path} ({err.strerror or err}); "
                               "check the folder's permissions and free space") from err
         except BaseException:
             self._remove_temps()
+            self._lock.release()
             raise
 
     # -- geometry ----------------------------------------------------------------------------------
@@ -150,6 +158,8 @@ class VolumeWriter:
         try:
             self._write_slab(slab, self._z)
         except OSError as err:
+            if is_disk_full(err, self.path.absolute().parent, self.nbytes):
+                raise disk_full_error(self.path, self.nbytes) from err
             raise OutputError(f"cannot write {self.path} ({err.strerror or err}); "
                               "check free disk space and that the folder still exists") from err
         self._z += dz
@@ -170,12 +180,15 @@ class VolumeWriter:
             self._publish()
         except OSError as err:
             self.abort()
+            if is_disk_full(err, self.path.absolute().parent, self.nbytes):
+                raise disk_full_error(self.path, self.nbytes) from err
             raise OutputError(f"cannot finish {self.path} ({err.strerror or err}); "
                               "check free disk space and permissions") from err
         except BaseException:
             self.abort()
             raise
         self._state = "committed"
+        self._lock.release()
         logger.info("wrote %s: %s %s %s, voxel size %s µm", self.path, self.axes, self.shape, self.dtype,
                     self.spacing)
         return self.path
@@ -187,9 +200,12 @@ class VolumeWriter:
         self._state = "aborted"
         try:
             self._discard()
+        except OSError as err:  # e.g. a full disk refusing the final IFD: the file goes anyway
+            logger.debug("closing the partial output of %s failed (%s)", self.path, err, exc_info=True)
         except Exception:  # cleanup after a failure: report, keep removing
             logger.warning("closing the partial output of %s failed", self.path, exc_info=True)
         self._remove_temps()
+        self._lock.release()
         logger.debug("aborted %s; partial output removed", self.path)
 
     def __enter__(self) -> "VolumeWriter":
@@ -635,6 +651,9 @@ def open_writer(path: str | os.PathLike, shape: Sequence[int], dtype: Any, axes:
         raise OutputError(f"{path}: {levels} pyramid levels; use levels=1, or more only for .zarr outputs")
     compression = None if compression is None else str(compression).lower()
     _check_destination(path, folder_output=cls is ZarrVolumeWriter)
+    if cls is NpyVolumeWriter or (cls is TiffVolumeWriter and compression in (None, "none")):
+        # Uncompressed: the size is known, so a disk too small is refused before the run.
+        check_free_space(path, int(np.prod(checked[0], dtype=np.int64)) * checked[1].itemsize)
     return cls(path, *checked, compression=compression, label_names=names, levels=levels)
 
 

@@ -9,10 +9,11 @@ and checks. No torch here.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import math
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tpem_seg.errors import PackageError
+from tpem_seg.errors import PackageError, TpemSegError
 from tpem_seg.models.config import UNETRConfig
 
 FORMAT_VERSION = 1
@@ -40,6 +41,10 @@ class NormalizationSpec:
             raise PackageError(f"normalization mode {self.mode!r} unknown; use one of {NORMALIZATION_MODES}")
         object.__setattr__(self, "percentiles", tuple(float(p) for p in self.percentiles))
         object.__setattr__(self, "range", tuple(float(r) for r in self.range))
+        if len(self.percentiles) != 2 or len(self.range) != 2:
+            raise PackageError(f"percentiles {self.percentiles} and range {self.range} must be two numbers (low, high)")
+        if not all(math.isfinite(v) for v in self.range):
+            raise PackageError(f"intensity range {self.range} must be finite")
         lo, hi = self.percentiles
         if not 0.0 <= lo < hi <= 100.0:
             raise PackageError(f"percentiles {self.percentiles} must satisfy 0 <= low < high <= 100")
@@ -69,12 +74,22 @@ class Manifest:
     onnx_opset: int = 17
     weights_file: str | None = None
     files: dict[str, str] = field(default_factory=dict)
+    #: Bytes of each listed file, checked before its sha256 (absent in packages older than it).
+    file_sizes: dict[str, int] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        texts = {"name": self.name, "onnx file": self.onnx_file, "activation": self.activation}
+        if self.weights_file is not None:
+            texts["weights file"] = self.weights_file
+        for what, value in texts.items():
+            if not isinstance(value, str):
+                raise PackageError(f"manifest {what} {value!r} must be a string; re-export the package")
+        if not all(isinstance(n, str) for n in [*self.channels, *self.classes]):
+            raise PackageError("manifest channel and class names must be strings; re-export the package")
         if len(self.channels) != self.config.in_channels:
             raise PackageError(f"manifest names {len(self.channels)} channels but the network takes "
                                f"{self.config.in_channels}")
@@ -85,6 +100,12 @@ class Manifest:
             raise PackageError(f"output activation {self.activation!r} unknown; use softmax or sigmoid")
         if self.spacing is not None:
             self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
+            if len(self.spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in self.spacing):
+                raise PackageError(f"manifest voxel size {self.spacing} must be three positive numbers z,y,x in µm")
+        if not isinstance(self.files, dict) or not all(isinstance(v, str) for v in self.files.values()):
+            raise PackageError("manifest 'files' must map file names to sha256 strings; re-export the package")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in self.file_sizes.values()):
+            raise PackageError("manifest 'file_sizes' must map file names to byte counts; re-export the package")
 
     @property
     def tile(self) -> tuple[int, int, int]:
@@ -109,6 +130,8 @@ class Manifest:
                      "output_name": "logits"},
             "weights": self.weights_file,
             "files": dict(self.files),
+            # Only when recorded, so older manifests read and write back unchanged.
+            **({"file_sizes": dict(self.file_sizes)} if self.file_sizes else {}),
             "provenance": self.provenance,
             "metrics": self.metrics,
             "parity": self.parity,
@@ -139,6 +162,7 @@ class Manifest:
                 onnx_opset=int(onnx.get("opset", 17)),
                 weights_file=d.get("weights"),
                 files=dict(d.get("files", {})),
+                file_sizes=dict(d.get("file_sizes", {})),
                 provenance=d.get("provenance", {}),
                 metrics=d.get("metrics", {}),
                 parity=d.get("parity", {}),
@@ -146,6 +170,9 @@ class Manifest:
             )
         except PackageError:
             raise
-        except (KeyError, TypeError, ValueError) as err:
+        except TpemSegError as err:  # the registry's refusal of a config it does not know
+            raise PackageError(f"manifest config is malformed ({err}); re-export the package") from err
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, ZeroDivisionError, IndexError) as err:
+            # A damaged manifest surfaces as any of these from the typed fields' conversions.
             raise PackageError(f"manifest is malformed ({type(err).__name__}: {err}); re-export the package "
                                f"with `tpem-seg export`") from err

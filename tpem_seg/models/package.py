@@ -1,7 +1,12 @@
 """Model packages on disk: find, open and verify, and write.
 
 ``open_package`` checks the sha256 of every file the manifest lists before the
-runtime touches it, so a tampered or truncated package is refused up front.
+runtime touches it, so a tampered or truncated package is refused up front. Packages
+travel between labs, so a package is also refused when its manifest names a path
+outside its folder, when it holds symlinks (a checksum of a link's target says
+nothing about what the link will point to tomorrow), or when a file is larger than
+the size the manifest records (checked before hashing, so a swapped-in huge file
+costs no time).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Mapping
 
 from tpem_seg.errors import PackageError
@@ -26,6 +31,8 @@ SUFFIX = ".tpem"
 #: manifest.json key holding the sha256 of the manifest itself (all other keys, canonical JSON).
 DIGEST_KEY = "manifest_sha256"
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
+#: A manifest is a few kilobytes; anything past this is not one (refused before it is read).
+MAX_MANIFEST_BYTES = 16 * 2**20
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -94,10 +101,18 @@ def read_manifest_dict(package_dir: Path) -> dict:
     manifest_path = package_dir / MANIFEST
     if not manifest_path.is_file():
         raise PackageError(f"{package_dir} has no {MANIFEST}; it is not a model package (re-export it)")
+    if manifest_path.is_symlink():
+        raise PackageError(f"{manifest_path} is a symlink; a package holds its own files: copy the package "
+                           "with its files (cp -rL) or re-export it")
+    size = manifest_path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise PackageError(f"{manifest_path} is {size} bytes, not a manifest (at most {MAX_MANIFEST_BYTES}); "
+                           "re-export the package")
     try:
         data = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PackageError(f"{manifest_path} is not valid JSON ({err}); re-export the package") from err
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        # RecursionError: JSON nested deeper than the parser goes, never a real manifest.
+        raise PackageError(f"{manifest_path} is not valid JSON ({type(err).__name__}); re-export the package") from err
     if not isinstance(data, dict):
         raise PackageError(f"{manifest_path} is not a JSON object; re-export the package")
     return data
@@ -122,18 +137,58 @@ def verify_manifest(package_dir: Path, data: Mapping) -> None:
                            f"{str(expected)[:12]}...); re-export the package instead of editing it")
 
 
+def package_file(package_dir: Path, rel: str) -> Path:
+    """``package_dir / rel`` for a path a manifest names, refused unless it stays inside the package.
+
+    Raises:
+        PackageError: an empty, absolute or ``..`` path, a Windows separator, or one leading out
+            through a symlink.
+    """
+    pure = PurePosixPath(rel) if isinstance(rel, str) else None
+    if pure is None or not rel or pure.is_absolute() or ".." in pure.parts or "\\" in rel or ":" in rel:
+        raise PackageError(f"{package_dir}: manifest names the file {rel!r}, which is not a plain path inside the "
+                           "package; the package is damaged or hostile: re-export or re-download it")
+    path = package_dir.joinpath(*pure.parts)
+    try:
+        path.resolve().relative_to(package_dir.resolve())
+    except ValueError:
+        raise PackageError(f"{package_dir}: {rel} leads outside the package (to {path.resolve()}); "
+                           "re-export or re-download the package") from None
+    return path
+
+
+def check_no_symlinks(package_dir: Path) -> None:
+    """Raise PackageError if anything inside ``package_dir`` is a symlink (the folder itself may be one)."""
+    for root, dirs, files in os.walk(package_dir):
+        for name in dirs + files:
+            entry = Path(root) / name
+            if entry.is_symlink():
+                raise PackageError(f"{package_dir}: {entry.relative_to(package_dir)} is a symlink (to "
+                                   f"{os.readlink(entry)}); a package holds its own files: copy it with "
+                                   "`cp -rL` or re-export it")
+
+
 def verify_files(package_dir: Path, manifest: Manifest) -> None:
-    """Raise PackageError unless every listed file exists with its recorded sha256.
+    """Raise PackageError unless every listed file exists inside the package with its recorded size
+    (where recorded) and sha256, and the package holds no symlinks.
 
     Files the manifest does not list (TensorRT engines under ``engines/``) are not checked here;
     engines carry their own sha256 in a sidecar, checked when they are loaded.
     """
     if manifest.onnx_file not in manifest.files:
         raise PackageError(f"{package_dir}: manifest lists no checksum for {manifest.onnx_file}; re-export it")
+    if manifest.weights_file and manifest.weights_file not in manifest.files:
+        raise PackageError(f"{package_dir}: manifest lists no checksum for {manifest.weights_file}; re-export it")
+    check_no_symlinks(package_dir)
     for rel, expected in manifest.files.items():
-        path = package_dir / rel
+        path = package_file(package_dir, rel)
         if not path.is_file():
             raise PackageError(f"{package_dir}: {rel} is missing; re-export or re-download the package")
+        recorded = manifest.file_sizes.get(rel)
+        size = path.stat().st_size
+        if recorded is not None and size != recorded:
+            raise PackageError(f"{package_dir}: {rel} is {size} bytes but the manifest says {recorded}; the file "
+                               "was changed or damaged, re-export or re-download the package")
         actual = sha256_file(path)
         if actual != expected:
             raise PackageError(f"{package_dir}: {rel} fails its checksum (sha256 {actual[:12]}... != "
@@ -165,16 +220,18 @@ def write_package(dst: str | os.PathLike, manifest: Manifest, files: Mapping[str
         raise PackageError(f"{dst} exists; choose another name or pass --overwrite")
     dst.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(dst, folder=True) as tmp:
-        checksums = {}
+        checksums, sizes = {}, {}
         for rel, src in files.items():
-            target = tmp / rel
+            target = package_file(tmp, rel)
             target.parent.mkdir(parents=True, exist_ok=True)
             if isinstance(src, (bytes, bytearray)):
                 target.write_bytes(src)
             else:
                 shutil.copyfile(src, target)
             checksums[rel] = sha256_file(target)
+            sizes[rel] = target.stat().st_size
         manifest.files = checksums
+        manifest.file_sizes = sizes
         data = manifest.to_dict()
         data[DIGEST_KEY] = manifest_digest(data)
         (tmp / MANIFEST).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -115,6 +116,11 @@ class Segmenter:
         **tile_options: fields of :class:`TileOptions` (overlap, batch_size, tta, sigma_scale,
             skip_empty, empty_threshold).
 
+    Thread safety: one Segmenter runs one volume at a time. Calls from several threads are
+    serialised by a lock (each waits for the one before; results are as if called in turn), because
+    a run keeps its state on the Segmenter and a backend's session or GPU context is not shared
+    between calls. For volumes in parallel, make one Segmenter per thread.
+
     When the backend runs on CUDA through torch tensors (the torch backend on a GPU), tiles go
     through the GPU path (:mod:`tpem_seg.runtime.gpu`): blending and the argmax run on the GPU
     and only the outputs come back.
@@ -144,6 +150,7 @@ class Segmenter:
         self.last_summary: RunSummary | None = None
         self._skipped = 0  # tiles of the current run skipped as empty
         self._batch_size: int | None = None  # tiles per network call in the current run
+        self._lock = threading.RLock()  # one run at a time (see the class docstring)
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -153,6 +160,11 @@ class Segmenter:
 
         A numpy array needs ``axes`` unless it is 3D (ZYX).
         """
+        with self._lock:
+            return self._segment_array(data, axes, spacing)
+
+    def _segment_array(self, data: np.ndarray | Volume, axes: str | None,
+                       spacing: Sequence[float] | None) -> np.ndarray:
         volume = data if isinstance(data, Volume) else Volume(
             np.asarray(data), axes or _default_axes(np.ndim(data)), spacing)
         if spacing is not None and isinstance(data, Volume):
@@ -178,6 +190,11 @@ class Segmenter:
         The output carries the input's voxel size; it appears under ``dst`` only
         once complete.
         """
+        with self._lock:
+            return self._segment_file(src, dst, axes, spacing)
+
+    def _segment_file(self, src: str | os.PathLike, dst: str | os.PathLike, axes: str | None,
+                      spacing: Sequence[float] | None) -> RunSummary:
         if self.output == "logits":
             raise InputError("logits output is for arrays (Segmenter.segment); write labels or probabilities")
         volume = read_volume(src, axes=axes, spacing=spacing)
@@ -198,7 +215,8 @@ class Segmenter:
         return summary
 
     def close(self) -> None:
-        self.backend.close()
+        with self._lock:  # not under a running call
+            self.backend.close()
 
     def __enter__(self) -> "Segmenter":
         return self

@@ -2,7 +2,8 @@
 
 An interrupted or failed write never leaves a file (or folder) under the final name that looks
 complete: readers see the old output or the new one, never half of one. Temporaries are named
-``.NAME.partial-XXXXXXXX`` in the target's folder (same file system, so the rename is atomic
+``.NAME.partial-HOST-PID-TOKEN`` in the target's folder (:mod:`tpem_seg.util.partials`: a run
+killed with SIGKILL leaves only such a name, which the next write of the same target removes) (same file system, so the rename is atomic
 for files) and are created with the user's umask, not ``mkstemp``'s private 0600/0700, because
 the rename keeps the mode and outputs are meant to be shared.
 """
@@ -10,6 +11,7 @@ the rename keeps the mode and outputs are meant to be shared.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tpem_seg.errors import OutputError
+from tpem_seg.util.partials import partial_name, remove_stale_partials
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +28,9 @@ log = logging.getLogger(__name__)
 def temp_path(final: str | os.PathLike, folder: bool = False) -> Path:
     """Create a new, empty hidden temporary file (or folder) beside ``final`` and return its path."""
     final = Path(final)
+    remove_stale_partials(final)
     for _ in range(100):
-        temp = final.with_name(f".{final.name}.partial-{secrets.token_hex(4)}")
+        temp = partial_name(final)
         try:
             if folder:
                 os.mkdir(temp, 0o777)
@@ -39,24 +43,40 @@ def temp_path(final: str | os.PathLike, folder: bool = False) -> Path:
                       f"delete the .{final.name}.partial-* files there")
 
 
-def replace(temp: str | os.PathLike, final: str | os.PathLike) -> None:
-    """Rename ``temp`` to ``final``, replacing an older output there (a file, or a whole folder)."""
+def replace(temp: str | os.PathLike, final: str | os.PathLike, attempts: int = 20) -> None:
+    """Rename ``temp`` to ``final``, replacing an older output there (a file, or a whole folder).
+
+    Files are replaced in one atomic step. A folder cannot be: an older one is moved aside first,
+    and when another process publishes the same folder in between (a cache filled by concurrent
+    runs) theirs is moved aside again, so exactly one complete folder ends up at ``final``.
+    """
     temp, final = Path(temp), Path(final)
     if not temp.is_dir():
-        os.replace(temp, final)  # atomic for files
+        os.replace(temp, final)
         return
-    if not final.exists():
-        os.rename(temp, final)
+    for _ in range(attempts):
+        old = None
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+            try:
+                os.rename(final, old)
+            except FileNotFoundError:  # another writer moved it first
+                old = None
+        try:
+            os.rename(temp, final)
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            continue  # another writer published in between: move theirs aside, try again
+        finally:
+            if old is not None:
+                try:
+                    shutil.rmtree(old)
+                except OSError as err:
+                    log.warning("replaced %s but could not remove its old copy %s (%s); delete it by hand",
+                                final, old, err)
         return
-    # A folder cannot be replaced in one step: move the old one aside first.
-    old = final.with_name(f".{final.name}.old-{secrets.token_hex(4)}")
-    os.rename(final, old)
-    os.rename(temp, final)
-    try:
-        shutil.rmtree(old)
-    except OSError:
-        log.warning("replaced %s but could not remove its old copy %s; delete it by hand", final, old,
-                    exc_info=True)
+    raise OutputError(f"could not publish {final}: other processes keep replacing it; try again")
 
 
 def remove(path: str | os.PathLike) -> None:
