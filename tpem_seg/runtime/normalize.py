@@ -82,6 +82,6 @@ def fit_normalizer(volume, spec: NormalizationSpec, channels: Sequence[int] | No
     low = np.percentile(sample, spec.percentiles[0], axis=1)
     high = np.percentile(sample, spec.percentiles[1], axis=1)
     for c in np.flatnonzero(high <= low):
-        log.warning("channel %d is constant (%.4g) in the sample; it will normalise to 0", c, low[c])
+        log.warning("channel %d is constant (%.4g) in the sample; it will normalise to 0", int(c), low[c])
     log.debug("normaliser low=%s high=%s", low, high)
     return Normalizer(low.astype(np.float32), high.astype(np.float32), spec.clip)
