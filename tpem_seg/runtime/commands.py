@@ -138,7 +138,7 @@ def bench(
     typer.echo(B.markdown_table(report))
     failed = [r for r in report.records if r.status == "failed"]
     for r in report.records:
-        if r.agreement is not None and not r.agreement.ok:
+        if r.agrees is False:
             typer.echo(f"warning: {r.name} disagrees with the baseline (voxels agree "
                        f"{r.agreement.voxel_agreement:.2%}, max abs Δp {r.agreement.max_abs_prob_diff:.2e})", err=True)
     if failed:

@@ -1,4 +1,5 @@
-"""Which devices exist here, asked of the CUDA driver directly (no torch import)."""
+"""This machine: which devices exist (asked of the CUDA driver directly, no torch import), the
+CPU's model and flags, the per-user cache."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import functools
 import logging
 import os
 import platform
+from pathlib import Path
 
 from tpem_seg.errors import BackendUnavailable
 
@@ -73,3 +75,17 @@ def cpu_supports_bf16() -> bool:
     """Whether this CPU has native bf16 arithmetic (AVX-512 BF16 or AMX), where bf16 autocast pays off."""
     flags = _cpuinfo()
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_flags() -> tuple[str, ...]:
+    """The CPU's feature flags (``/proc/cpuinfo``), sorted; empty where unknown."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith("flags"):
+            return tuple(sorted(set(line.split(":", 1)[1].split())))
+    return ()
+
+
+def cache_root() -> Path:
+    """The per-user tpem-seg cache: ``$TPEM_SEG_CACHE``, else ``$XDG_CACHE_HOME/tpem-seg`` (``~/.cache``)."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tpem-seg"
+    return Path(os.environ.get("TPEM_SEG_CACHE") or default)
