@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib.metadata as md
 import logging
 import os
 import platform
@@ -89,3 +90,18 @@ def cache_root() -> Path:
     """The per-user tpem-seg cache: ``$TPEM_SEG_CACHE``, else ``$XDG_CACHE_HOME/tpem-seg`` (``~/.cache``)."""
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tpem-seg"
     return Path(os.environ.get("TPEM_SEG_CACHE") or default)
+
+
+#: The distributions whose versions a timing (and a tuned configuration) depends on.
+LIBRARIES = ("tpem-seg", "numpy", "torch", "monai", "onnxruntime", "onnxruntime-gpu", "tensorrt")
+
+
+def library_versions(dists=LIBRARIES) -> dict[str, str | None]:
+    """Installed version of each distribution, None where not installed (none is imported)."""
+    versions: dict[str, str | None] = {}
+    for dist in dists:
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            versions[dist] = None
+    return versions

@@ -20,11 +20,11 @@ they are imported inside functions.
 from tpem_seg.runtime.bench.config import BASELINE, BenchConfig, BenchRecord, BenchReport, BenchSettings, Timing
 from tpem_seg.runtime.bench.harness import BenchRun, run_bench
 from tpem_seg.runtime.bench.inputs import load_input, parse_crop, plan_tiles_for, simulated_stack
-from tpem_seg.runtime.bench.machine import library_versions, machine_info
+from tpem_seg.runtime.bench.machine import machine_info
 from tpem_seg.runtime.bench.report import markdown_report, markdown_table, write_report
 from tpem_seg.runtime.bench.runners import BaselineRunner, SegmenterRunner, default_configs, make_runners
 
 __all__ = ["BASELINE", "BaselineRunner", "BenchConfig", "BenchRecord", "BenchReport", "BenchRun", "BenchSettings",
-           "SegmenterRunner", "Timing", "default_configs", "library_versions", "load_input", "machine_info",
+           "SegmenterRunner", "Timing", "default_configs", "load_input", "machine_info",
            "make_runners", "markdown_report", "markdown_table", "parse_crop", "plan_tiles_for", "run_bench",
            "simulated_stack", "write_report"]

@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import os
 import platform
 
-from tpem_seg.runtime.devices import cpu_count, cpu_model, cpu_supports_bf16, cuda_device_count
-
-
-#: The distributions whose versions a timing (and a tuned configuration) depends on.
-LIBRARIES = ("tpem-seg", "numpy", "torch", "monai", "onnxruntime", "onnxruntime-gpu", "tensorrt")
-
-
-def library_versions(dists=LIBRARIES) -> dict[str, str | None]:
-    """Installed version of each distribution, None where not installed (no import of any)."""
-    versions: dict[str, str | None] = {}
-    for dist in dists:
-        try:
-            versions[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            versions[dist] = None
-    return versions
+from tpem_seg.runtime.devices import cpu_count, cpu_model, cpu_supports_bf16, cuda_device_count, library_versions
 
 
 def machine_info(device: str = "cpu") -> dict:
