@@ -15,7 +15,9 @@ the fastest, as TensorRT's timing cache or cuDNN's benchmark mode do:
   cores, library versions) under ``<cache root>/tune``; a changed key tunes again, the same key
   never does.
 
-Tuning starts no new trial after ``budget_s`` seconds once one is faithful, and says what it cost. Only the
+Every candidate is timed at its first batch size; further batch sizes only within ``budget_s``
+seconds; tuning says what it cost. Timings taken on a loaded machine bias the choice (it is
+cached per machine): ``tpem-seg tune MODEL`` on an idle one makes it again. Only the
 CPU is tuned; on a GPU ``auto`` keeps its fixed order.
 """
 
@@ -184,15 +186,15 @@ def sample_tiles(volume: Volume, package: ModelPackage, n: int = TUNE_TILES, ove
 
 
 def candidates(package: ModelPackage, cores: int | None = None) -> list[tuple[BackendSpec, tuple[int, ...]]]:
-    """(spec, batch sizes) to time on the CPU, the ones that can run here only, likely fastest first."""
+    """(spec, batch sizes) to time on the CPU, the ones that can run here only; the first batch size of
+    each is always timed (the fixed default first)."""
     cores = cores or cpu_count()
-    rows: list[tuple[BackendSpec, tuple[int, ...]]] = []
-    if cpu_supports_bf16():
-        rows.append((BackendSpec("torch", "cpu", "bf16", {"threads": cores}), (8, 4)))
-    rows += [(BackendSpec("onnxruntime", "cpu", "fp32", {"threads": cores}), (1, 2, 4)),
-             (BackendSpec("onnxruntime", "cpu", "fp32", {"threads": cores, "spinning": False}), (2,))]
+    rows = [(BackendSpec("onnxruntime", "cpu", "fp32", {"threads": cores}), (2, 1, 4)),
+            (BackendSpec("onnxruntime", "cpu", "fp32", {"threads": cores, "spinning": False}), (2,))]
     if cores > 2:
         rows.append((BackendSpec("onnxruntime", "cpu", "fp32", {"threads": cores - 1}), (2,)))
+    if cpu_supports_bf16():
+        rows.append((BackendSpec("torch", "cpu", "bf16", {"threads": cores}), (8, 4)))
     rows.append((BackendSpec("torch", "cpu", "fp32", {"threads": cores}), (2, 4)))
     return [(spec, sizes) for spec, sizes in rows
             if unavailable(spec.name, spec.device, spec.precision, package, **spec.options) is None]
@@ -218,8 +220,9 @@ def tune(package: ModelPackage, tiles: np.ndarray, *, budget_s: float = DEFAULT_
          make_backend: Callable[[BackendSpec], Backend] | None = None,
          rows: list[tuple[BackendSpec, tuple[int, ...]]] | None = None) -> TuneResult:
     """Time ``rows`` (default :func:`candidates`) on ``tiles`` against the fp32 reference; the fastest
-    faithful trial wins (the reference itself, at batch 2, when none is). No new trial starts once
-    ``budget_s`` is spent and a faithful one exists. Writes the cache.
+    faithful trial wins (the reference itself, at batch 2, when none is). Every row gets its first
+    batch size timed; its further batch sizes only while ``budget_s`` lasts (or no trial is faithful
+    yet). Writes the cache.
 
     ``make_backend``: builds a backend from a spec (default :func:`create_backend`; tests inject an
     unfaithful one)."""
@@ -236,13 +239,10 @@ def tune(package: ModelPackage, tiles: np.ndarray, *, budget_s: float = DEFAULT_
         trials: list[Trial] = []
         spent = f"budget of {budget_s:.0f} s spent"
         for spec, sizes in rows:
-            if _over(started, budget_s, trials):
-                trials += [Trial(spec.to_dict(), b, reason=spent) for b in sizes]
-                continue
             with make_backend(spec) as backend:
                 backend.infer(tiles[:max(sizes)])  # warm-up: first-call allocations, kernel selection
-                for b in sizes:
-                    if _over(started, budget_s, trials):
+                for i, b in enumerate(sizes):
+                    if i > 0 and _over(started, budget_s, trials):
                         trials.append(Trial(spec.to_dict(), b, reason=spent))
                         continue
                     seconds, logits = time_batches(backend, tiles, b)
@@ -289,7 +289,7 @@ def backend_for_run(package: ModelPackage, src: str | os.PathLike, *, backend: s
 
 
 def _over(started: float, budget_s: float, trials: list[Trial]) -> bool:
-    """The budget is spent, and a faithful trial exists to choose (so a slow machine still gets a choice)."""
+    """The budget is spent and a faithful trial exists to choose (so a slow machine still gets a choice)."""
     return time.perf_counter() - started > budget_s and any(t.faithful for t in trials)
 
 
