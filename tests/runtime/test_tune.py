@@ -119,3 +119,11 @@ def test_cli_tune_info_and_run_use_the_cache(cache, stack, package_2ch, tmp_path
                "--no-progress"])
     assert run.exit_code == 0 and "tuned in" not in caplog.text, run.stderr
     assert T.cached(package_2ch).spec.name in run.stderr  # the summary line names the backend that ran
+
+
+def test_an_unreadable_cache_is_tuned_again(cache, package_2ch, caplog):
+    key = T.TuneKey.here(package_2ch)
+    T.cache_path(key).parent.mkdir(parents=True)
+    T.cache_path(key).write_text("{not json")
+    assert T.cached(package_2ch) is None and "tuned again" in caplog.text
+    assert T.cached_here() == []

@@ -61,7 +61,12 @@ NO_TUNE_ENV = "TPEM_SEG_NO_TUNE"
 
 @dataclass(frozen=True)
 class TuneKey:
-    """What a tuned choice depends on; any change tunes again."""
+    """What a tuned choice depends on; any change tunes again.
+
+    package_sha256: of its manifest (which holds every file's sha256); cpu: the model name;
+    cpu_flags_sha256: of the sorted feature flags; cores: the cores this process may use;
+    versions: (distribution, version) of the libraries a backend runs on.
+    """
 
     package_sha256: str
     device: str
@@ -144,8 +149,8 @@ def cached(package: ModelPackage, device: str = "cpu") -> TuneResult | None:
     path = cache_path(key)
     if not path.is_file():
         return None
-    result = TuneResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    return result if result.key == key else None
+    result = _read(path)
+    return result if result is not None and result.key == key else None
 
 
 def cached_here() -> list[TuneResult]:
@@ -153,12 +158,20 @@ def cached_here() -> list[TuneResult]:
     folder = cache_dir()
     if not folder.is_dir():
         return []
-    results = []
-    for path in folder.glob("*.json"):
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") == FORMAT and data["key"]["cpu"] == cpu_model():
-            results.append(TuneResult.from_dict(data))
+    results = [r for r in map(_read, sorted(folder.glob("*.json"))) if r is not None and r.key.cpu == cpu_model()]
     return sorted(results, key=lambda r: r.tuned_at, reverse=True)
+
+
+def _read(path: Path) -> TuneResult | None:
+    """The cached result in ``path``; None (with a warning: it will be tuned again) if unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != FORMAT:
+            raise ValueError(f"format {data.get('format')!r}, not {FORMAT}")
+        return TuneResult.from_dict(data)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("ignoring the unreadable tuning cache %s (%s): it is tuned again", path, err)
+        return None
 
 
 def tolerance(package: ModelPackage, precision: str) -> float:
