@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TPEM_SEG_TENSORRT_BUILD", "1")  # build a missing engine on first use
 
     from tpem_seg.runtime import bench as B
-    from tpem_seg.runtime.commands import bench_cache_dir, resolve_bench_model
+    from tpem_seg.cli.bench import bench_cache_dir, resolve_bench_model
 
     started = time.perf_counter()
     command = "python benchmarks/bench_gpu.py " + shlex.join(sys.argv[1:] if argv is None else argv)

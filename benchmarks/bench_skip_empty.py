@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tpem_seg import Segmenter, read_volume
     from tpem_seg.runtime.bench import machine_info
-    from tpem_seg.runtime.commands import bench_cache_dir
+    from tpem_seg.cli.bench import bench_cache_dir
 
     command = "python benchmarks/bench_skip_empty.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     package, model_note = pick_package(args.model, bench_cache_dir())

@@ -53,7 +53,7 @@ def test_run_without_model_picks_by_channel_count(name, tmp_path, capsys):
     write_volume(src, np.random.default_rng(1).random((in_channels, 16, 64, 64), np.float32), "CZYX",
                  spacing=(5.0, 1.0, 1.0))
     assert run_cli("run", src, "-o", tmp_path / "out.tif", "--backend", "onnxruntime", "--no-progress") == 0
-    from tpem_seg.cli import default_model_for
+    from tpem_seg.cli.segment import default_model_for
 
     assert default_model_for(src, None, None) == name
 

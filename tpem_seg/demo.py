@@ -19,7 +19,7 @@ from tpem_seg.models.package import open_package
 from tpem_seg.runtime.preview import overlay_panels
 from tpem_seg.runtime.segmenter import RunSummary, Segmenter
 from tpem_seg.train.metrics import dice_per_class
-from tpem_seg.train.simulate import save_simulated, simulate_volume
+from tpem_seg.sim import save_simulated, simulate_volume
 
 log = logging.getLogger(__name__)
 

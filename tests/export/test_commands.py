@@ -190,8 +190,8 @@ def test_tensorrt_flag_fails_before_exporting_without_a_gpu(tpem_checkpoint, tmp
 
 
 def test_normalization_flags():
+    from tpem_seg.cli.export import normalization_from_flags
     from tpem_seg.errors import TpemSegError
-    from tpem_seg.export.commands import normalization_from_flags
     from tpem_seg.models import NormalizationSpec
 
     assert normalization_from_flags(None, None, None) is None

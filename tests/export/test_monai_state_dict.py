@@ -85,12 +85,12 @@ def test_state_dict_without_arch_says_what_to_add(tmp_path, cli):
 
 
 def test_wrapped_and_compiled_prefixes_are_stripped():
-    from tpem_seg.export.checkpoints import strip_wrappers
+    from tpem_seg.models.checkpoint import clean_state_dict
 
     weights = torch.zeros(1)
-    assert strip_wrappers({"state_dict": {"module.vit.a": weights}}) == {"vit.a": weights}
-    assert strip_wrappers({"module._orig_mod.out.b": weights}) == {"out.b": weights}
-    assert strip_wrappers({"vit.c": weights}) == {"vit.c": weights}
+    assert clean_state_dict({"state_dict": {"module.vit.a": weights}}) == {"vit.a": weights}
+    assert clean_state_dict({"module._orig_mod.out.b": weights}) == {"out.b": weights}
+    assert clean_state_dict({"vit.c": weights}) == {"vit.c": weights}
 
 
 def test_registry_config_as_arch_base(tmp_path):

@@ -16,15 +16,13 @@ from typing import Any, Mapping
 from tpem_seg.export.errors import ExportError
 from tpem_seg.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from tpem_seg.models.checkpoint import VERSION as CHECKPOINT_VERSION
+from tpem_seg.models.checkpoint import clean_state_dict, read_torch_file
 from tpem_seg.models.package import sha256_file
-from tpem_seg.models.registry import UNETRConfig, get_config, list_models
+from tpem_seg.models.config import UNETRConfig
+from tpem_seg.models.registry import get_config, list_models
 from tpem_seg.errors import TpemSegError
 
 log = logging.getLogger(__name__)
-
-#: Prefixes wrappers leave on state-dict keys: DataParallel/DDP, and torch.compile.
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
 
 @dataclass(frozen=True)
 class ArchOptions:
@@ -82,37 +80,6 @@ class ExportSource:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def strip_wrappers(state: Mapping[str, Any]) -> dict[str, Any]:
-    """Unwrap ``{"state_dict"|"model"|"model_state_dict": ...}`` and strip :data:`WRAPPER_PREFIXES` from keys."""
-    for key in ("state_dict", "model", "model_state_dict"):
-        if key in state and isinstance(state[key], Mapping):
-            state = state[key]
-            break
-    cleaned = {}
-    for name, value in state.items():
-        stripped = True
-        while stripped:
-            stripped = False
-            for prefix in WRAPPER_PREFIXES:
-                if name.startswith(prefix):
-                    name, stripped = name[len(prefix):], True
-        cleaned[name] = value
-    return cleaned
-
-
-def read_torch_file(path: Path) -> Any:
-    """``torch.load`` with ``weights_only=True`` (no code runs from the file), on the CPU."""
-    import torch
-
-    if not path.is_file():
-        raise ExportError(f"no such checkpoint: {path}; check the path")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a file it cannot read; all mean the same here
-        raise ExportError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0] if str(err) else ''}); check the file") from err
-
-
 def source_from_checkpoint(path: str | Path, arch: ArchOptions = ArchOptions()) -> ExportSource:
     """Read ``path``: a tpem-seg ``finetune`` checkpoint, or (with ``arch.arch``) a plain UNETR state dict."""
     path = Path(path)
@@ -128,7 +95,7 @@ def source_from_checkpoint(path: str | Path, arch: ArchOptions = ArchOptions()) 
     if not isinstance(data, Mapping):
         raise ExportError(f"{path} holds a {type(data).__name__}, not a state dict; save model.state_dict()")
     config = _config_or_error(arch)
-    return ExportSource(config, strip_wrappers(data), "state dict", path, digest, {})
+    return ExportSource(config, clean_state_dict(data), "state dict", path, digest, {})
 
 
 def _config_or_error(arch: ArchOptions) -> UNETRConfig:
@@ -153,7 +120,7 @@ def _from_tpem_checkpoint(path: Path, data: dict, digest: str, arch: ArchOptions
         config = UNETRConfig.from_dict(data["config"])
     except (KeyError, TypeError) as err:
         raise ExportError(f"{path}: checkpoint config is malformed ({err}); re-save the checkpoint") from err
-    return ExportSource(config, strip_wrappers(data["model"]), "tpem-seg checkpoint", path, digest,
+    return ExportSource(config, clean_state_dict(data["model"]), "tpem-seg checkpoint", path, digest,
                         dict(data.get("meta", {})))
 
 

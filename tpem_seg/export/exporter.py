@@ -11,7 +11,6 @@ backends, and only if that passes write the final package (temporary name, then 
 from __future__ import annotations
 
 import logging
-import subprocess
 import tempfile
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -26,6 +25,7 @@ from tpem_seg.export.parity import FP32_TOLERANCE, ParityReport, check_parity, e
 from tpem_seg.errors import PackageError
 from tpem_seg.models.manifest import Manifest, NormalizationSpec
 from tpem_seg.models.package import SUFFIX, ModelPackage, open_package, write_package
+from tpem_seg.util.provenance import source_commit
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def _check_count(flag: str, names: list[str], expected: int, what: str) -> None:
 
 def provenance(source: ExportSource, options: ExportOptions) -> dict[str, Any]:
     """Where the package came from: command, versions, commit, the source checkpoint and its training."""
-    from tpem_seg import __version__
+    from tpem_seg.version import __version__
 
     training = {k: source.meta[k] for k in ("command", "commit", "data", "train_config") if k in source.meta}
     return {
@@ -200,19 +200,3 @@ def exporter_versions(opset: int) -> dict[str, Any]:
         except md.PackageNotFoundError:
             versions[dist] = None
     return versions
-
-
-def source_commit() -> str | None:
-    """The git commit of the tpem-seg source tree (``+dirty`` with local changes), or None outside git."""
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        log.debug("no git commit for provenance: %s", err)
-        return None
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")

@@ -8,8 +8,10 @@ import io
 import logging
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,8 @@ def export_onnx(model: torch.nn.Module, path: str | Path, in_channels: int, tile
     Uses the ``torch.export`` based exporter (opset 17+ keeps LayerNormalization native;
     18 by default); the batch axis is dynamic from 1 to ``max_batch``.
     """
+    import torch  # here, not at the top: the CLI reads DEFAULT_OPSET without loading torch
+
     path = Path(path)
     model = model.eval().cpu()
     example = torch.zeros(2, in_channels, *tile)

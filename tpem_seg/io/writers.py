@@ -30,8 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,6 +41,7 @@ from tpem_seg.io._lazy import page_releaser
 from tpem_seg.io._meta import VOXEL_SIZE_KEY, Spacing, valid_spacing
 from tpem_seg.io._zarr import is_zarr_folder
 from tpem_seg.io.readers import sidecar_path
+from tpem_seg.util import atomic
 
 logger = logging.getLogger(__name__)
 
@@ -237,67 +236,30 @@ class VolumeWriter:
 
     def _reserve(self, final: Path, folder: bool = False) -> Path:
         """Create a hidden temporary file (or folder) next to ``final`` and register it."""
-        for _ in range(100):
-            temp = final.with_name(f".{final.name}.partial-{secrets.token_hex(4)}")
-            try:
-                if folder:
-                    os.mkdir(temp, 0o777)
-                else:
-                    # Not mkstemp: its 0600 mode would survive the rename; this honours the umask.
-                    os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-            except FileExistsError:
-                continue
-            self._temps.append((temp, final))
-            return temp
-        raise OutputError(f"cannot find a free temporary name next to {final}; "
-                          f"delete the .{final.name}.partial-* files there")
+        temp = atomic.temp_path(final, folder)
+        self._temps.append((temp, final))
+        return temp
 
     def _publish(self) -> None:
         """Rename every temporary to its final name (the main output last)."""
         published: list[Path] = []
         try:
             for temp, final in self._temps:
-                _replace(temp, final)
+                atomic.replace(temp, final)
                 published.append(final)
         except BaseException:
             for final in published:  # e.g. a sidecar without its array
-                _remove(final)
+                atomic.remove(final)
             raise
         self._temps = []
 
     def _remove_temps(self) -> None:
         for temp, _ in self._temps:
             try:
-                _remove(temp)
+                atomic.remove(temp)
             except OSError:
                 logger.warning("could not remove the partial output %s", temp, exc_info=True)
         self._temps = []
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def _replace(temp: Path, final: Path) -> None:
-    """Rename ``temp`` to ``final``, replacing an older output of the same kind."""
-    if not temp.is_dir():
-        os.replace(temp, final)  # atomic for files
-        return
-    if not final.exists():
-        os.rename(temp, final)
-        return
-    # A folder cannot be replaced in one step: move the old one aside first.
-    old = final.with_name(f".{final.name}.old-{secrets.token_hex(4)}")
-    os.rename(final, old)
-    os.rename(temp, final)
-    try:
-        shutil.rmtree(old)
-    except OSError:
-        logger.warning("replaced %s but could not remove its old copy %s; delete it by hand", final, old,
-                       exc_info=True)
 
 
 # -- TIFF ------------------------------------------------------------------------------------------

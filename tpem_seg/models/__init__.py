@@ -2,7 +2,8 @@
 
 from tpem_seg.models.manifest import Manifest, NormalizationSpec
 from tpem_seg.models.package import ModelPackage, open_package, write_package, zoo_packages
-from tpem_seg.models.registry import UNETRConfig, create_model, get_config, list_models
+from tpem_seg.models.config import UNETRConfig
+from tpem_seg.models.registry import create_model, get_config, list_models
 
 __all__ = [
     "Manifest", "ModelPackage", "NormalizationSpec", "UNETRConfig", "create_model", "get_config",

@@ -19,14 +19,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from tpem_seg.errors import TpemSegError
-from tpem_seg.models.registry import UNETRConfig
+from tpem_seg.models.config import UNETRConfig
+from tpem_seg.util.atomic import atomic_path
 
 FORMAT = "tpem-seg-checkpoint"
 VERSION = 1
 KINDS = ("pretrain", "finetune")
+#: Prefixes wrappers leave on state-dict keys: DataParallel/DDP (``module.``), torch.compile (``_orig_mod.``).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 @dataclass
@@ -52,24 +55,50 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> Path:
         raise ValueError(f"checkpoint kind {checkpoint.kind!r} must be one of {KINDS}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save(checkpoint.to_dict(), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint.to_dict(), tmp)
     return path
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a tpem-seg checkpoint; raise TpemSegError with the fix if it is something else."""
+def read_torch_file(path: str | os.PathLike) -> Any:
+    """``torch.load`` on the CPU with ``weights_only=True`` (no code runs from the file).
+
+    Raises TpemSegError naming the path and the fix when it is missing or not a PyTorch file.
+    """
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise TpemSegError(f"no such checkpoint: {path}; check the path")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a file it cannot read; all mean the same here
-        raise TpemSegError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}); "
-                           f"check the file") from err
+        raise TpemSegError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0] if str(err) else ''}); check the file") from err
+
+
+def clean_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The bare state dict of a saved network: unwrap ``{"state_dict"|"model"|"model_state_dict": ...}``
+    and strip every :data:`WRAPPER_PREFIXES` prefix from the keys (``module._orig_mod.vit.x`` -> ``vit.x``)."""
+    for key in ("state_dict", "model", "model_state_dict"):
+        if key in state and isinstance(state[key], Mapping):
+            state = state[key]
+            break
+    cleaned = {}
+    for name, value in state.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in WRAPPER_PREFIXES:
+                if name.startswith(prefix):
+                    name, stripped = name[len(prefix):], True
+        cleaned[name] = value
+    return cleaned
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a tpem-seg checkpoint; raise TpemSegError with the fix if it is something else."""
+    data = read_torch_file(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise TpemSegError(f"{path} is not a tpem-seg checkpoint; for a plain MONAI UNETR state dict pass "
                            f"its architecture on the command line (e.g. --arch unetr --in-channels 2 ...)")

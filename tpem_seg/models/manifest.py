@@ -9,11 +9,11 @@ and checks. No torch here.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from tpem_seg.errors import PackageError
-from tpem_seg.models.registry import UNETRConfig
+from tpem_seg.models.config import UNETRConfig
 
 FORMAT_VERSION = 1
 NORMALIZATION_MODES = ("percentile", "range", "none")

@@ -11,13 +11,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 from tpem_seg.errors import PackageError
 from tpem_seg.models.manifest import Manifest
+from tpem_seg.util.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -153,18 +153,6 @@ def open_package(name_or_path: str | os.PathLike, verify: bool = True) -> ModelP
     return ModelPackage(package_dir, manifest)
 
 
-def _umask() -> int:
-    """This process's umask, read without changing it (os.umask would, briefly, for every thread)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:  # not Linux: assume the common default
-        pass
-    return 0o022
-
-
 def write_package(dst: str | os.PathLike, manifest: Manifest, files: Mapping[str, Path | bytes],
                   overwrite: bool = False) -> ModelPackage:
     """Write ``files`` (name -> source path or bytes) and the manifest with their sha256.
@@ -176,9 +164,7 @@ def write_package(dst: str | os.PathLike, manifest: Manifest, files: Mapping[str
     if dst.exists() and not overwrite:
         raise PackageError(f"{dst} exists; choose another name or pass --overwrite")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private (0700); a package is meant to be shared
-    try:
+    with atomic_path(dst, folder=True) as tmp:
         checksums = {}
         for rel, src in files.items():
             target = tmp / rel
@@ -192,10 +178,4 @@ def write_package(dst: str | os.PathLike, manifest: Manifest, files: Mapping[str
         data = manifest.to_dict()
         data[DIGEST_KEY] = manifest_digest(data)
         (tmp / MANIFEST).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ModelPackage(dst, manifest)

@@ -1,16 +1,11 @@
-"""MONAI UNETR construction and weight loading (imports torch and MONAI)."""
+"""MONAI UNETR construction from a :class:`~tpem_seg.models.config.UNETRConfig` (imports torch and MONAI)."""
 
 from __future__ import annotations
-
-import logging
-from typing import Any, Mapping
 
 import torch
 from monai.networks.nets import UNETR
 
-from tpem_seg.models.registry import UNETRConfig
-
-log = logging.getLogger(__name__)
+from tpem_seg.models.config import UNETRConfig
 
 
 def build_unetr(config: UNETRConfig) -> torch.nn.Module:
@@ -31,12 +26,3 @@ def build_unetr(config: UNETRConfig) -> torch.nn.Module:
         spatial_dims=3,
         qkv_bias=config.qkv_bias,
     )
-
-
-def clean_state_dict(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Strip the ``module.`` prefix that ``DataParallel``/DDP leave, and unwrap ``{"state_dict": ...}``."""
-    for key in ("state_dict", "model", "model_state_dict"):
-        if key in state and isinstance(state[key], Mapping):
-            state = state[key]
-            break
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}

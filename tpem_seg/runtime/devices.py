@@ -1,5 +1,5 @@
 """This machine: which devices exist (asked of the CUDA driver directly, no torch import), the
-CPU's model and flags, the per-user cache."""
+CPU's model and flags, the library versions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import importlib.metadata as md
 import logging
 import os
 import platform
-from pathlib import Path
 
 from tpem_seg.errors import BackendUnavailable
 
@@ -84,12 +83,6 @@ def cpu_flags() -> tuple[str, ...]:
         if line.startswith("flags"):
             return tuple(sorted(set(line.split(":", 1)[1].split())))
     return ()
-
-
-def cache_root() -> Path:
-    """The per-user tpem-seg cache: ``$TPEM_SEG_CACHE``, else ``$XDG_CACHE_HOME/tpem-seg`` (``~/.cache``)."""
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tpem-seg"
-    return Path(os.environ.get("TPEM_SEG_CACHE") or default)
 
 
 #: The distributions whose versions a timing (and a tuned configuration) depends on.

@@ -40,6 +40,8 @@ from typing import Any, Iterable
 from tpem_seg.errors import BackendUnavailable, TpemSegError
 from tpem_seg.models.package import ModelPackage, sha256_file
 from tpem_seg.runtime.devices import cuda_device_count, device_index
+from tpem_seg.util import atomic
+from tpem_seg.util.cache import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,6 @@ SIDECAR_FORMAT = "tpem-seg-engine"
 SIDECAR_VERSION = 1
 #: Set to 1 to let the TensorRT backend build a missing engine on first use.
 BUILD_ENV = "TPEM_SEG_TENSORRT_BUILD"
-CACHE_ENV = "TPEM_SEG_CACHE"
 INSTALL_HINT = "pip install 'tpem-seg[tensorrt]' (TensorRT 10 and cuda-python 12, with an NVIDIA driver)"
 
 
@@ -285,9 +286,7 @@ def onnx_sha256(package: ModelPackage) -> str:
 
 def user_engine_dir(package: ModelPackage) -> Path:
     """Per-user engine folder for a package whose own folder is read-only."""
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tpem-seg"
-    root = Path(os.environ.get(CACHE_ENV) or default)
-    return root / "engines" / f"{slug(package.name)}-{onnx_sha256(package)[:12]}"
+    return cache_root() / "engines" / f"{slug(package.name)}-{onnx_sha256(package)[:12]}"
 
 
 def engine_dirs(package: ModelPackage) -> list[Path]:
@@ -363,13 +362,6 @@ def timing_cache_path(folder: Path, machine: MachineInfo) -> Path:
                      f"trt{machine.tensorrt}.cache")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_engine(folder: Path, key: EngineKey, plan: bytes, meta: dict[str, Any]) -> EngineRecord:
     """Store ``plan`` and its sidecar (``meta`` plus key, plan name and sha256) under ``folder``.
 
@@ -380,10 +372,10 @@ def write_engine(folder: Path, key: EngineKey, plan: bytes, meta: dict[str, Any]
 
     plan_path = folder / f"{key.stem}.plan"
     sidecar_path = folder / f"{key.stem}.json"
-    _write_atomic(plan_path, plan)
+    atomic.write_bytes(plan_path, plan)
     full = {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "key": key.to_dict(), "plan": plan_path.name,
             "plan_sha256": hashlib.sha256(plan).hexdigest(), **meta}
-    _write_atomic(sidecar_path, (json.dumps(full, indent=2) + "\n").encode("utf-8"))
+    atomic.write_bytes(sidecar_path, (json.dumps(full, indent=2) + "\n").encode("utf-8"))
     log.info("wrote engine %s (%.1f MB)", plan_path, len(plan) / 1e6)
     return EngineRecord(plan_path, sidecar_path, full)
 
@@ -391,7 +383,7 @@ def write_engine(folder: Path, key: EngineKey, plan: bytes, meta: dict[str, Any]
 def record_parity(record: EngineRecord, parity: dict[str, Any]) -> EngineRecord:
     """Store the build parity (TensorRT vs ONNX Runtime) in the engine's sidecar."""
     record.meta["parity"] = parity
-    _write_atomic(record.sidecar, (json.dumps(record.meta, indent=2) + "\n").encode("utf-8"))
+    atomic.write_bytes(record.sidecar, (json.dumps(record.meta, indent=2) + "\n").encode("utf-8"))
     return record
 
 
@@ -629,7 +621,7 @@ def build_engine(package: ModelPackage, config: EngineConfig = EngineConfig(), d
     log.info("building TensorRT %s engine for %s on %s (minutes)", config.precision, package.name, machine.describe())
     plan = engine_from_network(builder, network, bconfig)
     if config.timing_cache:
-        _write_atomic(cache_path, bytes(memoryview(bconfig.get_timing_cache().serialize())))
+        atomic.write_bytes(cache_path, bytes(memoryview(bconfig.get_timing_cache().serialize())))
     meta = {
         "onnx_sha256": onnx_sha256(package), "package": manifest.name, "package_version": manifest.version,
         "input": {"name": network.get_input(0).name, "channels": manifest.config.in_channels,

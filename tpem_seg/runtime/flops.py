@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from tpem_seg.models.registry import UNETRConfig
+from tpem_seg.models.config import UNETRConfig
 
 log = logging.getLogger(__name__)
 

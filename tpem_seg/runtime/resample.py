@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from tpem_seg.io import Volume
 
@@ -30,6 +29,8 @@ def resampled_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequ
 
 def _zoom_to(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """Linear zoom of a 3D array to exactly ``shape`` (corners aligned)."""
+    from scipy import ndimage  # here, not at the top: `import tpem_seg.cli` must not pay for scipy
+
     factors = [n / o for n, o in zip(shape, array.shape)]
     out = ndimage.zoom(array, factors, order=1, mode="nearest", grid_mode=False)
     if out.shape != tuple(shape):  # zoom rounds; the aligned-corner grid allows a safe crop/pad

@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,9 +38,11 @@ from tpem_seg.io import Volume
 from tpem_seg.models.package import ModelPackage
 from tpem_seg.runtime.backends import Backend, BackendSpec, create_backend, unavailable
 from tpem_seg.runtime.compare import Agreement, compare_logits
-from tpem_seg.runtime.devices import cache_root, cpu_count, cpu_flags, cpu_model, cpu_supports_bf16, library_versions
+from tpem_seg.runtime.devices import cpu_count, cpu_flags, cpu_model, cpu_supports_bf16, library_versions
 from tpem_seg.runtime.normalize import fit_normalizer
 from tpem_seg.runtime.pipeline import make_plan, read_padded_slab
+from tpem_seg.util.atomic import write_text
+from tpem_seg.util.cache import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +270,7 @@ def tune(package: ModelPackage, tiles: np.ndarray, *, budget_s: float = DEFAULT_
         spec = ref_spec.replace(options={"batch_size": 2})
     result = TuneResult(key, spec, package.name, time.strftime("%Y-%m-%d %H:%M:%S %z"),
                         round(time.perf_counter() - started, 2), len(tiles), ref_spec.line(), trials)
-    _write_json(cache_path(key), result.to_dict())
+    write_text(cache_path(key), json.dumps(result.to_dict(), indent=2))
     log.warning("first run of %s on this CPU: tuned in %.1f s, once (cached in %s; --no-tune skips): %s",
                 package.name, result.seconds, cache_dir(), spec.line())
     return result
@@ -329,12 +330,3 @@ class _torch_threads_kept:
         torch = sys.modules.get("torch")
         if torch is not None:
             torch.set_num_threads(self._threads or cpu_count())
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Write ``data`` to ``path`` atomically (a temporary file renamed over it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)

@@ -1,6 +1,5 @@
-"""Training: masking, MIM pretraining, fine-tuning, patch sampling, losses, metrics, simulator.
+"""Training: masking, MIM pretraining, fine-tuning, patch sampling, losses, metrics, the study.
 
-Kept free of imports on purpose: ``tpem_seg.train.simulate`` must import with numpy and
-scipy only (a runtime-only install uses it for ``tpem-seg demo``), while other modules of
-this package import torch.
+Kept free of imports on purpose: importing ``tpem_seg.train`` must not load torch until a
+module that needs it is used. The simulator lives in :mod:`tpem_seg.sim` (no training stack).
 """

@@ -43,7 +43,7 @@ class VolumeSpec:
 
 @dataclass
 class SimulatedSpec:
-    """Simulated volumes made on the fly (:func:`tpem_seg.train.simulate.simulate_volume`).
+    """Simulated volumes made on the fly (:func:`tpem_seg.sim.simulate_volume`).
 
     ``count`` volumes with seeds ``seed, seed + 1, ...``; ``channels`` picks the
     simulator's channels (0 vessel, 1 neuron) the network takes.

@@ -161,7 +161,7 @@ def load_volumes(specs: Sequence[VolumeSpec], tile: Sequence[int], normalization
 def simulated_volumes(spec: SimulatedSpec, tile: Sequence[int], normalization: NormalizationSpec,
                       in_channels: int, binary_labels: bool = False, n_classes: int = 3) -> list[TrainVolume]:
     """``spec.count`` simulated volumes (seeds ``spec.seed + i``), labelled if ``spec.with_labels``."""
-    from tpem_seg.train.simulate import simulate_volume
+    from tpem_seg.sim import simulate_volume
 
     volumes = []
     for i in range(spec.count):

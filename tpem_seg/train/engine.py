@@ -11,13 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shlex
-import subprocess
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -241,24 +237,6 @@ class StepLog:
         self.bar.set_postfix(loss=f"{self.last_loss:.4f}", lr=f"{lr:.2e}", patches_s=f"{rate:.1f}")
         if self.dist.is_main:
             log.info("step %d/%d  loss %.4f  lr %.2e  %.1f patches/s", done, config.steps, self.last_loss, lr, rate)
-
-
-def command_line() -> str:
-    """The command that started this process, for provenance."""
-    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
-
-
-def git_commit() -> str | None:
-    """The commit of the source tree, or None outside a git checkout (provenance only)."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        log.debug("no git commit for provenance: %s", err)
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() or None
 
 
 def move(arrays: Iterable[np.ndarray | None], device: torch.device) -> list[torch.Tensor | None]:

@@ -19,9 +19,9 @@ import torch
 
 from tpem_seg.errors import TpemSegError
 from tpem_seg.io import Volume, write_volume
-from tpem_seg.models.checkpoint import Checkpoint, load_checkpoint
+from tpem_seg.models.checkpoint import Checkpoint, clean_state_dict, load_checkpoint
 from tpem_seg.models.manifest import NormalizationSpec
-from tpem_seg.models.unetr import build_unetr, clean_state_dict
+from tpem_seg.models.unetr import build_unetr
 from tpem_seg.runtime.normalize import fit_normalizer
 from tpem_seg.train import engine
 from tpem_seg.train.config import EvaluateConfig, VolumeSpec

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from tpem_seg.errors import TpemSegError
 from tpem_seg.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from tpem_seg.models.registry import UNETRConfig, get_config
+from tpem_seg.models.config import UNETRConfig
+from tpem_seg.models.registry import get_config
 from tpem_seg.models.unetr import build_unetr
 from tpem_seg.train import engine
 from tpem_seg.train.config import FinetuneConfig, to_dict
@@ -31,6 +32,7 @@ from tpem_seg.train.infer import predict_labels
 from tpem_seg.train.losses import dice_ce_loss
 from tpem_seg.train.metrics import score
 from tpem_seg.train.pretrain import resume_state, volume_channel_names
+from tpem_seg.util.provenance import process_command, source_commit
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +207,8 @@ def save(path: Path, model: torch.nn.Module, config: FinetuneConfig, volumes: Se
         "normalization": config.normalization.to_dict(),
         "binary_labels": config.binary_labels,
         "train_config": to_dict(config),
-        "command": engine.command_line(),
-        "commit": engine.git_commit(),
+        "command": process_command(),
+        "commit": source_commit(),
         "data": [v.name for v in volumes],
         "metrics": {"loss": loss, **metrics},
     }

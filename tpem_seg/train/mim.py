@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from tpem_seg.models.registry import PATCH, UNETRConfig
+from tpem_seg.models.config import PATCH, UNETRConfig
 from tpem_seg.models.unetr import build_unetr
 
 MASK_SPACES = ("token", "input")

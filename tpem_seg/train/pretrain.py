@@ -26,6 +26,7 @@ from tpem_seg.train.config import PretrainConfig, to_dict
 from tpem_seg.train.data import PatchSampler, TrainVolume, load_volumes, simulated_volumes
 from tpem_seg.train.masking import make_masks, upsample_mask
 from tpem_seg.train.mim import MIMModel, choose_mask_space, masked_l1
+from tpem_seg.util.provenance import process_command, source_commit
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,8 @@ def save(path: Path, model: MIMModel, optimizer, precision: engine.Precision, co
         "normalization": config.normalization.to_dict(),
         "train_config": to_dict(config),
         "mask_space": mask_space,
-        "command": engine.command_line(),
-        "commit": engine.git_commit(),
+        "command": process_command(),
+        "commit": source_commit(),
         "data": [v.name for v in volumes],
         "metrics": {"masked_l1": loss},
     }

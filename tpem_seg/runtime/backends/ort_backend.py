@@ -10,7 +10,8 @@ import numpy as np
 
 from tpem_seg.errors import BackendUnavailable
 from tpem_seg.runtime.backends.base import Backend
-from tpem_seg.runtime.devices import cache_root, cpu_count, device_index
+from tpem_seg.runtime.devices import cpu_count, device_index
+from tpem_seg.util.cache import cache_root
 
 log = logging.getLogger(__name__)
 

@@ -106,7 +106,8 @@ class TorchBackend(Backend):
     def _load(self) -> None:
         import torch
 
-        from tpem_seg.models.unetr import build_unetr, clean_state_dict
+        from tpem_seg.models.checkpoint import clean_state_dict
+        from tpem_seg.models.unetr import build_unetr
 
         reason = self.unavailable(self.device, self.precision, self.package)
         if reason is not None:

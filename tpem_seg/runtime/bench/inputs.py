@@ -27,9 +27,9 @@ def parse_crop(text: str | None) -> tuple[slice, slice, slice] | None:
 
 
 def simulated_stack(shape_zyx: tuple[int, int, int], channels: int, seed: int = 0) -> np.ndarray:
-    """A simulated two-photon stack ``(channels, Z, Y, X)`` uint16 (:mod:`tpem_seg.train.simulate`):
+    """A simulated two-photon stack ``(channels, Z, Y, X)`` uint16 (:mod:`tpem_seg.sim`):
     its vessel and neuron channels, repeated in turn to ``channels``."""
-    from tpem_seg.train.simulate import simulate_volume
+    from tpem_seg.sim import simulate_volume
 
     image = simulate_volume(shape_zyx, seed=seed).image
     return np.ascontiguousarray(image[np.arange(channels) % len(image)])

@@ -19,6 +19,7 @@ from typing import List, Optional
 import typer
 
 from tpem_seg.errors import TpemSegError
+from tpem_seg.util.numbers import parse_numbers
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ BATCH = typer.Option(None, "--batch-size", help="patches per step and process")
 OUT = typer.Option(None, "--out", "-o", help="output folder for checkpoints")
 TRAIN = typer.Option(None, "--train", help="training volume IMAGE[=LABELS], repeatable (replaces the config's list)")
 PROGRESS = typer.Option(None, "--progress/--no-progress", help="progress bar")
+MODEL = typer.Option(None, "--model", help="architecture config, e.g. unetr-t16")
+IN_CHANNELS = typer.Option(None, "--in-channels", help="input channels of the network")
+RESUME = typer.Option(None, "--resume/--no-resume", help="continue from OUT/last.pt")
 
 
 def register(app: typer.Typer) -> None:
@@ -84,15 +88,15 @@ def pretrain_command(
     masking: Optional[str] = typer.Option(None, "--masking", help="random | intensity | channel"),
     mask_ratio: Optional[float] = typer.Option(None, "--mask-ratio", help="fraction of mask patches masked"),
     mask_patch: Optional[str] = typer.Option(None, "--mask-patch", help="mask-patch size D,H,W in voxels"),
-    model: Optional[str] = typer.Option(None, "--model", help="architecture config, e.g. unetr-t16"),
-    in_channels: Optional[int] = typer.Option(None, "--in-channels"),
+    model: Optional[str] = MODEL,
+    in_channels: Optional[int] = IN_CHANNELS,
     train: Optional[List[str]] = TRAIN,
     steps: Optional[int] = STEPS,
     batch_size: Optional[int] = BATCH,
     seed: Optional[int] = SEED,
     device: Optional[str] = DEVICE,
     out: Optional[str] = OUT,
-    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="continue from OUT/last.pt"),
+    resume: Optional[bool] = RESUME,
     progress: Optional[bool] = PROGRESS,
     sets: Optional[List[str]] = SETS,
 ) -> None:
@@ -116,8 +120,8 @@ def finetune_command(
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="pretrain checkpoint for the encoder"),
     label_fraction: Optional[float] = typer.Option(None, "--label-fraction", help="share of the annotation used"),
     label_unit: Optional[str] = typer.Option(None, "--label-unit", help="region | volume"),
-    model: Optional[str] = typer.Option(None, "--model", help="architecture config, e.g. unetr-t16"),
-    in_channels: Optional[int] = typer.Option(None, "--in-channels"),
+    model: Optional[str] = MODEL,
+    in_channels: Optional[int] = IN_CHANNELS,
     train: Optional[List[str]] = TRAIN,
     val: Optional[List[str]] = typer.Option(None, "--val", help="validation volume IMAGE=LABELS, repeatable"),
     steps: Optional[int] = STEPS,
@@ -125,7 +129,7 @@ def finetune_command(
     seed: Optional[int] = SEED,
     device: Optional[str] = DEVICE,
     out: Optional[str] = OUT,
-    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="continue from OUT/last.pt"),
+    resume: Optional[bool] = RESUME,
     progress: Optional[bool] = PROGRESS,
     sets: Optional[List[str]] = SETS,
 ) -> None:
@@ -199,35 +203,14 @@ def simulate(
     seed: int = typer.Option(0, "--seed", help="same seed, shape and spacing: the same volume"),
 ) -> None:
     """Simulate a two-channel two-photon volume (vessels, neurons) with exact labels."""
-    import os
-    import tempfile
+    from tpem_seg.sim import save_simulated, simulate_volume
 
-    from tpem_seg.cli import parse_floats
-    from tpem_seg.train.simulate import save_simulated, simulate_volume
-
-    shape_t = parse_shape(shape)
-    spacing_t = parse_floats(spacing, 3, "--spacing")
-    if any(s <= 0 for s in spacing_t):
-        raise TpemSegError(f"--spacing {spacing} must be three positive voxel sizes in µm, e.g. 5,1,1")
+    shape_t = parse_numbers(shape.replace("x", ","), "--shape", 3, int, "16,128,128", positive=True)
+    spacing_t = parse_numbers(spacing, "--spacing", 3, example="5,1,1", positive=True)
     if output.suffix.lower() not in (".tif", ".tiff"):
         raise TpemSegError(f"{output}: the simulator writes TIFF; name the output NAME.tif")
     with training_logs():
-        sim = simulate_volume(shape_t, spacing_t, seed=seed)
-        if labels is not None:
-            save_simulated(sim, output, labels)
-        else:
-            # save_simulated writes both; the labels go to a scratch file when not asked for
-            with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmp:
-                save_simulated(sim, output, os.path.join(tmp, "labels.tif"))
+        save_simulated(simulate_volume(shape_t, spacing_t, seed=seed), output, labels)
     typer.echo(f"{output}: {'x'.join(map(str, shape_t))} voxels at {','.join(f'{s:g}' for s in spacing_t)} µm, "
                f"2 channels (vessel, neuron){f'; labels {labels}' if labels else ''}", err=True)
 
-
-def parse_shape(text: str) -> tuple[int, int, int]:
-    try:
-        values = tuple(int(v) for v in text.replace("x", ",").split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3 or min(values) < 1:
-        raise TpemSegError(f"--shape {text!r} must be three positive voxel counts Z,Y,X, e.g. 16,128,128")
-    return values  # type: ignore[return-value]

@@ -1,56 +1,24 @@
-"""The ``tpem-seg`` command line: a thin face over the Python API.
+"""``tpem-seg run``, ``demo``, ``info`` and ``models``: segmenting volumes and describing what is installed.
 
-User errors (:class:`~tpem_seg.errors.TpemSegError`) end with one line on
-stderr and exit code 2; Ctrl-C leaves no partial output; anything else is a
-bug and exits 1 with its traceback.
+Heavy libraries (torch, ONNX Runtime) are imported inside the command bodies, through the runtime.
 """
 
 from __future__ import annotations
 
-import logging
 import platform
-import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from tpem_seg.errors import InputError, OutputError, TpemSegError
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Segment 3D two-photon microscopy: vessels and neurons, fast, from few labels.")
-log = logging.getLogger("tpem_seg")
+from tpem_seg.errors import InputError, OutputError
+from tpem_seg.util.numbers import parse_numbers
 
 
-@app.callback()
-def _configure(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="-v info, -vv debug")) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from tpem_seg.runtime.allocator import keep_freed_memory
-
-    log.debug("malloc: %s", keep_freed_memory())
-
-
-def parse_floats(text: Optional[str], n: int, what: str) -> Optional[tuple[float, ...]]:
-    if text is None:
-        return None
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != n:
-        raise InputError(f"{what} {text!r} must be {n} comma-separated numbers, e.g. "
-                         f"{','.join(['5', '1', '1'][:n] if n == 3 else ['1'] * n)}")
-    return values
-
-
-def parse_ints(text: Optional[str], what: str) -> Optional[list[int]]:
-    if text is None:
-        return None
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise InputError(f"{what} {text!r} must be comma-separated channel indices, e.g. 0,1") from None
+def register(app: typer.Typer) -> None:
+    """Add ``run``, ``demo``, ``info`` and ``models`` to the ``tpem-seg`` app."""
+    for command in (run, demo, info, models):
+        app.command()(command)
 
 
 def output_paths(inputs: list[Path], output: Path, probabilities: bool) -> list[Path]:
@@ -71,7 +39,7 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def default_model_for(path: Path, axes: Optional[str], channels: Optional[list[int]]) -> str:
+def default_model_for(path: Path, axes: Optional[str], channels: Optional[tuple[int, ...]]) -> str:
     """The bundled package whose channel count fits the input."""
     from tpem_seg.io import read_volume
     from tpem_seg.models import open_package, zoo_packages
@@ -83,7 +51,6 @@ def default_model_for(path: Path, axes: Optional[str], channels: Optional[list[i
     raise InputError(f"no bundled model takes {n} channel(s); pass --model NAME|PATH (see `tpem-seg models`)")
 
 
-@app.command()
 def run(
     inputs: List[Path] = typer.Argument(..., help="volume(s): TIFF/OME-TIFF/ImageJ, .npy, .zarr/OME-Zarr"),
     output: Path = typer.Option(..., "--output", "-o", help="output file (.tif, .npy, .zarr), or a folder"),
@@ -113,8 +80,8 @@ def run(
     from tpem_seg.runtime import Segmenter
     from tpem_seg.runtime.tune import backend_for_run
 
-    spacing_t = parse_floats(spacing, 3, "--spacing")
-    channel_list = parse_ints(channels, "--channels")
+    spacing_t = parse_numbers(spacing, "--spacing", 3, example="5,0.99,0.99")
+    channel_list = parse_numbers(channels, "--channels", kind=int, example="0,1")
     outputs = output_paths(inputs, output, probabilities)
     package = open_package(model or default_model_for(inputs[0], axes, channel_list))
     chosen = backend_for_run(package, inputs[0], backend=backend, device=device, precision=precision, tune_here=tune,
@@ -128,7 +95,6 @@ def run(
             typer.echo(f"{dst}: {summary.line()}", err=True)
 
 
-@app.command()
 def demo(
     output: Path = typer.Option(Path("tpem-demo"), "--output", "-o", help="folder for the demo's files"),
     model: str = typer.Option("tpem-2ch", help="a two-channel (vessel, neuron) package"),
@@ -145,14 +111,13 @@ def demo(
     typer.echo("Dice against the simulated truth: " + ", ".join(f"{k} {v:.3f}" for k, v in result.dice.items()))
 
 
-@app.command()
 def info() -> None:
     """Versions, backends and devices available here."""
     import importlib.metadata as md
 
     import numpy as np
 
-    from tpem_seg import __version__
+    from tpem_seg.version import __version__
     from tpem_seg.runtime.backends import available_backends
     from tpem_seg.runtime.devices import cpu_count, cpu_model, cpu_supports_bf16, cuda_device_count
 
@@ -179,7 +144,6 @@ def info() -> None:
     typer.echo("\n".join(lines))
 
 
-@app.command()
 def models(packages: List[Path] = typer.Argument(None, help="package folders to describe too")) -> None:
     """Bundled model packages (and any given ones), and the named architecture configs."""
     from tpem_seg.models import list_models, open_package, zoo_packages
@@ -196,32 +160,3 @@ def models(packages: List[Path] = typer.Argument(None, help="package folders to 
     typer.echo("architectures:")
     for name in list_models():
         typer.echo(f"  {name}: {get_spec(name).description}")
-
-
-#: Modules whose ``register(app)`` adds their commands; each imports its heavy libraries
-#: (torch, MONAI) inside the command bodies, so ``tpem-seg run`` stays light.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("tpem_seg.train.commands", "tpem_seg.export.commands", "tpem_seg.runtime.commands")
-
-
-def _register_subcommands() -> None:
-    import importlib
-
-    for module in SUBCOMMAND_MODULES:
-        importlib.import_module(module).register(app)
-
-
-_register_subcommands()
-
-
-def main(argv: Optional[list[str]] = None) -> None:
-    """Console entry point. Typer handles usage errors (exit 2) and Ctrl-C ("Aborted!", exit 1,
-    after the writers have removed their partial files); user errors end here with exit 2."""
-    try:
-        app(args=argv)
-    except TpemSegError as err:
-        typer.echo(f"error: {err}", err=True)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

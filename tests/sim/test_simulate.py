@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from tpem_seg.train.simulate import SimulatedVolume, SimulationConfig, save_simulated, simulate_volume
+from tpem_seg.sim import SimulatedVolume, SimulationConfig, save_simulated, simulate_volume
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,19 @@ def test_save_round_trip(tmp_path: Path):
 
 def test_simulator_imports_without_torch():
     # A runtime-only install (no torch) runs the simulator for `tpem-seg demo`.
-    code = "import sys, tpem_seg.train.simulate; assert 'torch' not in sys.modules, 'torch was imported'"
+    code = "import sys, tpem_seg.sim; assert 'torch' not in sys.modules, 'torch was imported'"
     root = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_save_without_labels_writes_the_image_only(tmp_path: Path):
+    sim = simulate_volume((4, 32, 32), (2.0, 1.0, 1.0), seed=1)
+    save_simulated(sim, tmp_path / "image.zarr")
+    assert [p.name for p in tmp_path.iterdir()] == ["image.zarr"]
+    from tpem_seg.io import read_volume
+
+    volume = read_volume(tmp_path / "image.zarr")
+    assert volume.axes == "CZYX" and volume.spacing == pytest.approx((2.0, 1.0, 1.0))
+    assert list(volume.channel_names) == ["vessel", "neuron"]
+    assert np.array_equal(np.asarray(volume.data), sim.image)

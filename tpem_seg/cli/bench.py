@@ -10,16 +10,16 @@ this module is the CLI's face, above the layers; the runtime proper never import
 from __future__ import annotations
 
 import logging
-import os
-import shlex
-import sys
 import tempfile
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from tpem_seg.cli.common import command_line
 from tpem_seg.errors import InputError
+from tpem_seg.util.cache import cache_root
+from tpem_seg.util.numbers import parse_choices, parse_ranges
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +30,9 @@ def register(app: typer.Typer) -> None:
     app.command("tune")(tune)
 
 
-def _names(text: str, what: str, allowed: tuple[str, ...]) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    bad = [n for n in names if n not in allowed]
-    if bad or not names:
-        raise InputError(f"{what} {text!r}: choose from {', '.join(allowed)} (comma-separated)")
-    return names
-
-
 def bench_cache_dir() -> Path:
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tpem-seg"
-    return Path(os.environ.get("TPEM_SEG_CACHE") or default) / "bench"
+    """Where packages with random weights for benchmarks are built once."""
+    return cache_root() / "bench"
 
 
 def resolve_bench_model(model: str, cache: Path, seed: int = 0):
@@ -76,6 +68,7 @@ def resolve_bench_model(model: str, cache: Path, seed: int = 0):
 
 
 def bench(
+    ctx: typer.Context,
     input: str = typer.Argument(..., metavar="INPUT", help="a volume file, or synthetic:Z,Y,X"),
     model: str = typer.Option(..., "--model", "-m", help="bundled package name, NAME.tpem path, or an "
                               "architecture (unetr-b16, unetr-s16, ...) for random weights"),
@@ -110,8 +103,8 @@ def bench(
     from tpem_seg.runtime.devices import resolve_device
 
     device = resolve_device(device)
-    backend_names = _names(backends, "--backends", ("torch", "onnxruntime", "tensorrt"))
-    precision_names = _names(precisions or ("fp32,fp16,bf16" if device.startswith("cuda") else "fp32,bf16"),
+    backend_names = parse_choices(backends, "--backends", ("torch", "onnxruntime", "tensorrt"))
+    precision_names = parse_choices(precisions or ("fp32,fp16,bf16" if device.startswith("cuda") else "fp32,bf16"),
                              "--precisions", ("fp32", "fp16", "bf16", "int8"))
     if repeats < 1 or warmup < 1:
         raise InputError("--repeats and --warmup must be at least 1")
@@ -121,13 +114,13 @@ def bench(
                                warmup=warmup, repeats=repeats,
                                network_repeats=network_repeats, budget_s=budget)
     package = resolve_bench_model(model, bench_cache_dir(), seed)
-    volume, input_info = B.load_input(input, package.manifest.config.in_channels, B.parse_crop(crop), axes, seed)
+    volume, input_info = B.load_input(input, package.manifest.config.in_channels, parse_ranges(crop, "--crop", 3, "0:30,0:256,0:256"), axes, seed)
     if configs:
         chosen = [B.BenchConfig.parse(name.strip(), device) for name in configs.split(",") if name.strip()]
         precision_names = sorted({c.precision for c in chosen})
     else:
         chosen = B.default_configs(device, backend_names, precision_names, compile, cuda_graphs, channels_last)
-    command = _command_line()
+    command = command_line(ctx)
     with tempfile.TemporaryDirectory(prefix="tpem-bench-") as workdir:
         calibration = None
         if "int8" in precision_names:
@@ -174,11 +167,3 @@ def tune(
         verdict = "" if t.faithful is None else ("faithful" if t.faithful else f"NOT faithful: {t.reason}")
         typer.echo(f"{spec.line()}, batch {t.batch_size}: {timing} {verdict or (t.reason or '')}".rstrip())
     typer.echo(f"chosen: {result.line()}")
-
-
-def _command_line() -> str:
-    """The command as typed, from ``bench`` on (``tpem-seg bench ...``)."""
-    argv = sys.argv
-    if "bench" in argv:
-        return "tpem-seg " + shlex.join(argv[argv.index("bench"):])
-    return "tpem-seg bench (called from Python)"

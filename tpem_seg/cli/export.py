@@ -6,15 +6,15 @@ commands keeps ``tpem-seg run`` light.
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from tpem_seg.cli.common import command_line
 from tpem_seg.export.errors import ExportError
-
-DEFAULT_OPSET = 18  # tpem_seg.export.onnx.DEFAULT_OPSET, repeated here to keep torch out of the CLI import
+from tpem_seg.export.onnx import DEFAULT_OPSET
+from tpem_seg.util.numbers import parse_names, parse_numbers
 
 
 def register(app: typer.Typer) -> None:
@@ -26,25 +26,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(engine_app, name="engine")
 
 
-# -- small parsers -----------------------------------------------------------------------------------
-
-
-def parse_numbers(text: Optional[str], n: int, flag: str, kind=float, example: str = "") -> Optional[tuple]:
-    """``"1,99.8"`` -> ``(1.0, 99.8)``; ExportError naming the flag if it is not ``n`` numbers."""
-    if text is None:
-        return None
-    try:
-        values = tuple(kind(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != n:
-        raise ExportError(f"{flag} {text!r} must be {n} comma-separated {'integers' if kind is int else 'numbers'}"
-                          f"{', e.g. ' + example if example else ''}")
-    return values
-
-
-def parse_names(text: Optional[str]) -> Optional[tuple[str, ...]]:
-    return None if text is None else tuple(name.strip() for name in text.split(",") if name.strip())
+# -- flags to options ----------------------------------------------------------------------------------
 
 
 def normalization_from_flags(mode: Optional[str], percentiles: Optional[str], intensity_range: Optional[str]):
@@ -64,34 +46,12 @@ def normalization_from_flags(mode: Optional[str], percentiles: Optional[str], in
     if mode == "range":
         if not intensity_range:
             raise ExportError("--normalization range needs --intensity-range LOW,HIGH, e.g. --intensity-range 0,1024")
-        return NormalizationSpec("range", range=parse_numbers(intensity_range, 2, "--intensity-range",
+        return NormalizationSpec("range", range=parse_numbers(intensity_range, "--intensity-range", 2,
                                                               example="0,1024"))
     if mode == "percentile":
-        low_high = parse_numbers(percentiles, 2, "--percentiles", example="1,99.8") or (1.0, 99.8)
+        low_high = parse_numbers(percentiles, "--percentiles", 2, example="1,99.8") or (1.0, 99.8)
         return NormalizationSpec("percentile", percentiles=low_high)
     return NormalizationSpec("none")
-
-
-def command_line(ctx: typer.Context) -> str:
-    """The command as the user could retype it: the arguments and every option not left at its default."""
-    names, parent = [], ctx
-    while parent.parent is not None:  # the root's name is however Python was started; use the script's
-        names.insert(0, parent.info_name)
-        parent = parent.parent
-    words = ["tpem-seg", *names]
-    for param in ctx.command.params:
-        if ctx.get_parameter_source(param.name).name == "DEFAULT":
-            continue
-        value = ctx.params[param.name]
-        if param.param_type_name == "argument":
-            words.append(str(value))
-        elif getattr(param, "is_flag", False) and param.secondary_opts:
-            words.append(param.opts[0] if value else param.secondary_opts[0])
-        elif getattr(param, "is_flag", False):
-            words.append(param.opts[0])
-        elif value is not None:
-            words += [max(param.opts, key=len), str(value)]
-    return shlex.join(words)
 
 
 # -- tpem-seg export ---------------------------------------------------------------------------------
@@ -157,13 +117,13 @@ def export(
     if tensorrt:
         engines.require_tensorrt(device)  # fail now, not after minutes of export
         engine_config = engines.EngineConfig(precision, engines.choose_profile(batch_size, max_batch), workspace_gib)
-    arch_options = ArchOptions(arch, in_channels, classes, parse_numbers(tile, 3, "--tile", int, "128,128,128"),
+    arch_options = ArchOptions(arch, in_channels, classes, parse_numbers(tile, "--tile", 3, int, "128,128,128"),
                                feature_size, hidden_size, mlp_dim, num_heads, proj_type, norm_name, res_block,
                                conv_block, qkv_bias)
     options = ExportOptions(
         output=output, name=name, version=version, description=description,
         channel_names=parse_names(channel_names), class_names=parse_names(class_names),
-        spacing=parse_numbers(spacing, 3, "--spacing", example="5,0.99,0.99"),
+        spacing=parse_numbers(spacing, "--spacing", 3, example="5,0.99,0.99"),
         normalization=normalization_from_flags(normalization, percentiles, intensity_range),
         opset=opset, instance_norm=instance_norm, include_weights=not no_weights, overwrite=overwrite,
         simplify=simplify,
