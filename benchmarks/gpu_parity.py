@@ -96,15 +96,6 @@ def candidates(device: str) -> list[tuple[str, str, str]]:
             ("onnxruntime", device, "fp32"), ("tensorrt", device, "fp16"), ("tensorrt", device, "fp32")]
 
 
-def unavailable(backend: str, device: str, precision: str, package) -> str | None:
-    """Why a row cannot run here, or None."""
-    from tpem_seg.runtime.backends import backend_class
-
-    cls = backend_class(backend)
-    return cls.availability(device) or (None if backend == "tensorrt" or cls.supports(package, precision)
-                                        else f"{backend} does not run {precision}")
-
-
 def build_engine_row(package, device: str, precision: str, args) -> dict:
     """Build (with build parity against ONNX Runtime) the TensorRT engine the row needs."""
     from tpem_seg.export.engine_build import EngineParityOptions, build_checked_engine
@@ -131,13 +122,13 @@ def time_backend(backend, batch: np.ndarray, iters: int, warmup: int) -> float:
 
 def measure(package, spec: tuple[str, str, str], reference: tuple[str, str, str], tiles, args) -> Row:
     from tpem_seg.export.parity import backend_parity
-    from tpem_seg.runtime.backends import create_backend
+    from tpem_seg.runtime.backends import BackendSpec, create_backend
 
     row = Row(*spec)
     if spec[0] == "tensorrt":
         row.detail.update(build_engine_row(package, spec[1], spec[2], args))
     if spec != reference:
-        report = backend_parity(package, reference, spec, tiles, batch_size=args.batch)
+        report = backend_parity(package, BackendSpec(*reference), BackendSpec(*spec), tiles, batch_size=args.batch)
         row.max_abs_prob_diff, row.label_agreement = report.max_abs_prob_diff, report.label_agreement
     batch = np.ascontiguousarray(tiles.tiles[: args.batch])
     with create_backend(spec[0], package, device=spec[1], precision=spec[2]) as backend:
@@ -189,10 +180,16 @@ def markdown(rows: list[Row]) -> str:
 
 
 def measure_all(package, specs: list[tuple[str, str, str]], tiles, args) -> list[Row]:
-    """A row per spec, against ``specs[0]``; rows that cannot run here are skipped with the reason."""
+    """A row per spec, against ``specs[0]``; rows that cannot run here are skipped with the reason
+    the backend class gives."""
+    from tpem_seg.runtime.backends import unavailable
+
     rows = []
     for spec in specs:
-        reason = "--no-tensorrt" if args.no_tensorrt and spec[0] == "tensorrt" else unavailable(*spec, package)
+        # TensorRT rows build their engine here, so a missing one is no reason to skip them.
+        options = {"build": True} if spec[0] == "tensorrt" else {}
+        reason = "--no-tensorrt" if args.no_tensorrt and spec[0] == "tensorrt" else unavailable(*spec, package,
+                                                                                                 **options)
         if reason:
             print(f"skipping {' '.join(spec)}: {reason}", file=sys.stderr)
             rows.append(Row(*spec, status=f"skipped: {reason}"))

@@ -29,6 +29,16 @@ def build_package(dst: Path, name: str = "unetr-test", in_channels: int = 2, cla
     return package_from_model(model, manifest, dst), model
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache(tmp_path_factory):
+    """The tests' own per-user cache (engines, tuned configurations), and no tuning unless a test asks
+    for it (tests/runtime/test_tune.py): the user's cache is never read or written."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TPEM_SEG_CACHE", str(tmp_path_factory.mktemp("cache")))
+        mp.setenv("TPEM_SEG_NO_TUNE", "1")
+        yield
+
+
 @pytest.fixture(scope="session")
 def package_2ch(tmp_path_factory):
     """2 channels -> 3 classes, unetr-test (16x32x32 tiles), percentile normalisation."""

@@ -6,32 +6,14 @@ import numpy as np
 import pytest
 
 from tpem_seg.errors import TpemSegError
-from tpem_seg.export.parity import (ParityReport, ParityTiles, check_parity, compare_logits, parity_tiles,
-                                    random_tiles, synthetic_volume, tile_origins, tiles_from_volume)
+from tpem_seg.export.parity import (ParityReport, ParityTiles, backend_parity, check_parity, parity_tiles,
+                                    random_tiles, tile_origins, tiles_from_volume)
 from tpem_seg.io import Volume, write_volume
 from tpem_seg.models import Manifest, NormalizationSpec, get_config
 
 
 def manifest(**kw) -> Manifest:
     return Manifest(name="t", config=get_config("unetr-test"), channels=["a", "b"], classes=["x", "y", "z"], **kw)
-
-
-def test_compare_identical_and_perturbed_logits():
-    logits = np.random.default_rng(0).normal(size=(2, 3, 4, 5, 6)).astype(np.float32)
-    same = compare_logits(logits, logits.copy(), "softmax")
-    assert same == {"max_abs_prob_diff": 0.0, "mean_abs_prob_diff": 0.0, "max_abs_logit_diff": 0.0,
-                    "label_agreement": 1.0}
-    skewed = logits.copy()
-    skewed[:, 0] += 10.0  # class 0 wins everywhere
-    diff = compare_logits(logits, skewed, "softmax")
-    assert diff["max_abs_prob_diff"] > 0.5 and diff["label_agreement"] == pytest.approx(
-        (logits.argmax(1) == 0).mean())
-    assert compare_logits(logits, np.full_like(logits, np.nan), "sigmoid")["max_abs_prob_diff"] == np.inf
-
-
-def test_shape_mismatch_is_a_parity_error():
-    with pytest.raises(TpemSegError, match="differ in shape"):
-        compare_logits(np.zeros((1, 3, 2, 2, 2)), np.zeros((1, 2, 2, 2, 2)), "softmax")
 
 
 def test_check_parity_refuses_with_numbers():
@@ -48,13 +30,6 @@ def test_tiles_cover_the_volume_diagonal():
     assert tile_origins((16, 32, 32), (16, 32, 32), 1) == [(0, 0, 0)]
     with pytest.raises(TpemSegError, match="smaller than a tile"):
         tile_origins((8, 64, 64), (16, 32, 32), 1)
-
-
-def test_synthetic_volume_is_smooth_and_bright_where_structures_are():
-    volume = synthetic_volume((24, 48, 48), 2, seed=1)
-    assert volume.shape == (2, 24, 48, 48) and volume.dtype == np.float32
-    assert volume.min() >= 0 and 80 < np.median(volume) < 140 and volume.max() > 500
-    assert not np.array_equal(volume, synthetic_volume((24, 48, 48), 2, seed=2))
 
 
 def test_parity_tiles_random_plus_synthetic_are_normalised():
@@ -85,3 +60,15 @@ def test_tiles_from_volume_normalise_over_the_whole_volume():
 def test_random_tiles_are_reproducible():
     np.testing.assert_array_equal(random_tiles(2, 1, (16, 16, 16), 5), random_tiles(2, 1, (16, 16, 16), 5))
     assert isinstance(ParityTiles(random_tiles(1, 1, (16, 16, 16)), {"random": 1}).tiles, np.ndarray)
+
+
+def test_backend_parity_of_onnxruntime_against_torch(package_2ch):
+    """The export's own check, through the runtime's backends: fp32 ONNX Runtime matches PyTorch."""
+    pytest.importorskip("torch")
+    from tpem_seg.runtime.backends import BackendSpec
+
+    tiles = parity_tiles(package_2ch.manifest, n_random=1, n_real=1)
+    report = backend_parity(package_2ch, BackendSpec("torch", "cpu"), BackendSpec("onnxruntime", "cpu"), tiles,
+                            tolerance=1e-4)
+    assert report.passed and report.n_tiles == 2 and report.label_agreement > 0.999
+    assert report.reference.startswith("torch") and report.candidate.startswith("onnxruntime")

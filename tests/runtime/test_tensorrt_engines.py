@@ -170,10 +170,10 @@ def test_fp32_layers_of_a_decomposed_norm():
 def test_availability_names_the_fix():
     from tpem_seg.runtime.backends.tensorrt_backend import TensorRTBackend
 
-    reason = TensorRTBackend.availability("cpu")
+    reason = TensorRTBackend.unavailable("cpu")
     assert reason.startswith("TensorRT needs a CUDA GPU") and "--backend onnxruntime" in reason
     if NO_TENSORRT and "TensorRT" in NO_TENSORRT and "GPU is visible" not in NO_TENSORRT:
-        assert "pip install 'tpem-seg[tensorrt]'" in TensorRTBackend.availability("cuda")
+        assert "pip install 'tpem-seg[tensorrt]'" in TensorRTBackend.unavailable("cuda")
 
 
 def test_tensorrt_on_the_cpu_is_a_user_error(package_2ch):
@@ -182,9 +182,9 @@ def test_tensorrt_on_the_cpu_is_a_user_error(package_2ch):
 
     with pytest.raises(BackendUnavailable, match="TensorRT needs a CUDA GPU"):
         create_backend("tensorrt", package_2ch, device="cpu")
-    assert not TensorRTBackend.supports(package_2ch, "bf16")
+    assert "not bf16" in TensorRTBackend.unavailable("cuda", "bf16", package_2ch)
     if NO_TENSORRT:
-        assert not TensorRTBackend.supports(package_2ch, "fp16")  # auto falls through to onnxruntime
+        assert TensorRTBackend.unavailable("cuda", "fp16", package_2ch)  # auto falls through to onnxruntime
 
 
 def test_engine_commands_without_tensorrt(package_2ch, tmp_path, cli):

@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``bench`` to the ``tpem-seg`` app."""
+    """Add ``bench`` and ``tune`` to the ``tpem-seg`` app."""
     app.command("bench")(bench)
+    app.command("tune")(tune)
 
 
 def bench_cache_dir() -> Path:
@@ -131,10 +132,38 @@ def bench(
     typer.echo(B.markdown_table(report))
     failed = [r for r in report.records if r.status == "failed"]
     for r in report.records:
-        if r.agreement is not None and not r.agreement.ok:
+        if r.agrees is False:
             typer.echo(f"warning: {r.name} disagrees with the baseline (voxels agree "
                        f"{r.agreement.voxel_agreement:.2%}, max abs Δp {r.agreement.max_abs_prob_diff:.2e})", err=True)
     if failed:
         reasons = "; ".join(f"{r.name}: {r.reason}" for r in failed)
         typer.echo(f"error: {len(failed)} configuration(s) failed: {reasons}", err=True)
         raise typer.Exit(1)
+
+
+def tune(
+    model: str = typer.Argument(..., help="bundled package name or NAME.tpem path"),
+    input: Optional[Path] = typer.Argument(None, help="a volume to take the tiles from [default: a simulated stack]"),
+    axes: Optional[str] = typer.Option(None, help="input axes when metadata lacks them, e.g. CZYX"),
+    budget: float = typer.Option(8.0, help="seconds after which no further configuration is started"),
+) -> None:
+    """Time MODEL's faithful configurations on this CPU and cache the fastest (`run --backend auto` uses it)."""
+    from tpem_seg.io import Volume, read_volume
+    from tpem_seg.models import open_package
+    from tpem_seg.runtime import tune as T
+
+    package = open_package(model)
+    if input is None:
+        from tpem_seg.runtime.bench.inputs import simulated_stack
+
+        d, h, w = package.manifest.tile
+        volume = Volume(simulated_stack((2 * d, 4 * h, 4 * w), package.manifest.config.in_channels), "CZYX")
+    else:
+        volume = read_volume(input, axes=axes)
+    result = T.tune(package, T.sample_tiles(volume, package), budget_s=budget)
+    for t in result.trials:
+        spec = T.BackendSpec.from_dict(t.spec)
+        timing = "not timed" if t.seconds_per_tile is None else f"{1000 * t.seconds_per_tile:.1f} ms/tile"
+        verdict = "" if t.faithful is None else ("faithful" if t.faithful else f"NOT faithful: {t.reason}")
+        typer.echo(f"{spec.line()}, batch {t.batch_size}: {timing} {verdict or (t.reason or '')}".rstrip())
+    typer.echo(f"chosen: {result.line()}")

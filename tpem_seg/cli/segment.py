@@ -42,9 +42,9 @@ def run(
                                         "[default: the bundled model for the input's channel count]"),
     backend: str = typer.Option("auto", help="auto | torch | onnxruntime | tensorrt"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
-    precision: str = typer.Option("fp32", help="fp32 | fp16 | bf16"),
+    precision: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16 [default: fp32, or the tuned choice]"),
     overlap: float = typer.Option(0.25, help="tile overlap fraction per axis"),
-    batch_size: Optional[int] = typer.Option(None, help="tiles per network call [default: the backend's; 2 on a CPU, up to 8 small tiles for torch bf16]"),
+    batch_size: Optional[int] = typer.Option(None, help="tiles per network call [default: the backend's or the tuned choice; 2 on a CPU, up to 8 small tiles for torch bf16]"),
     axes: Optional[str] = typer.Option(None, help="input axes when metadata lacks them, e.g. CZYX"),
     channels: Optional[str] = typer.Option(None, help="input channels for the model, in order, e.g. 0,1"),
     spacing: Optional[str] = typer.Option(None, help="input voxel size z,y,x in µm, e.g. 5,0.99,0.99"),
@@ -61,13 +61,18 @@ def run(
     skip_existing: bool = typer.Option(False, "--skip-existing", help="leave inputs whose output exists"),
     json_out: Optional[str] = typer.Option(None, "--json", help="write one JSON record per input to FILE "
                                            "(- for stdout)"),
+    tune: bool = typer.Option(True, "--tune/--no-tune", help="--backend auto on a CPU: on a model's first run here, "
+                              "time the faithful configurations on a few tiles (a few seconds, cached) and run the "
+                              "fastest; --no-tune keeps the fixed order"),
 ) -> None:
     """Segment volumes; write uint8 labels (or probabilities) with the input's voxel size."""
     from tpem_seg.cli.run_helpers import JsonLines, expand_inputs, output_paths, run_record
     from tpem_seg.io import read_volume
     from tpem_seg.io.paths import check_outputs
+    from tpem_seg.models import open_package
     from tpem_seg.models.package import sha256_file
     from tpem_seg.runtime import Segmenter
+    from tpem_seg.runtime.tune import backend_for_run
 
     spacing_t = parse_numbers(spacing, "--spacing", 3, example="5,0.99,0.99")
     channel_list = parse_numbers(channels, "--channels", kind=int, example="0,1")
@@ -82,9 +87,11 @@ def run(
             typer.echo(f"{dst}: exists, skipped", err=True)
     if not jobs:
         return
-    model_name = model or default_model_for(jobs[0][0], axes, channel_list)
+    package = open_package(model or default_model_for(jobs[0][0], axes, channel_list))
+    chosen = backend_for_run(package, jobs[0][0], backend=backend, device=device, precision=precision,
+                             tune_here=tune, axes=axes, channels=channel_list, overlap=overlap)
     records = JsonLines(json_out)
-    with Segmenter(model_name, backend=backend, device=device, precision=precision,
+    with Segmenter(package, backend=chosen,
                    output="probabilities" if probabilities else "labels", channels=channel_list,
                    resample=resample, progress=sys.stderr.isatty() if progress is None else progress,
                    overlap=overlap, batch_size=batch_size, tta=tta, skip_empty=skip_empty) as segmenter:
@@ -144,6 +151,11 @@ def info() -> None:
     for device in ("cpu", "cuda") if cuda_device_count() else ("cpu",):
         for name, reason in available_backends(device).items():
             lines.append(f"backend {name} on {device}: {'available' if reason is None else reason}")
+    from tpem_seg.runtime.tune import cache_dir, cached_here
+
+    tuned = cached_here()
+    lines += [f"tuned on this CPU ({cache_dir()}):" if tuned else "tuned on this CPU: nothing yet (`tpem-seg tune MODEL`)"]
+    lines += [f"  {result.line()}" for result in tuned]
     typer.echo("\n".join(lines))
 
 

@@ -1,9 +1,11 @@
-"""Which devices exist here, asked of the CUDA driver directly (no torch import)."""
+"""This machine: which devices exist (asked of the CUDA driver directly, no torch import), the
+CPU's model and flags, the library versions."""
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import importlib.metadata as md
 import logging
 import os
 import platform
@@ -73,3 +75,26 @@ def cpu_supports_bf16() -> bool:
     """Whether this CPU has native bf16 arithmetic (AVX-512 BF16 or AMX), where bf16 autocast pays off."""
     flags = _cpuinfo()
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_flags() -> tuple[str, ...]:
+    """The CPU's feature flags (``/proc/cpuinfo``), sorted; empty where unknown."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith("flags"):
+            return tuple(sorted(set(line.split(":", 1)[1].split())))
+    return ()
+
+
+#: The distributions whose versions a timing (and a tuned configuration) depends on.
+LIBRARIES = ("tpem-seg", "numpy", "torch", "monai", "onnxruntime", "onnxruntime-gpu", "tensorrt")
+
+
+def library_versions(dists=LIBRARIES) -> dict[str, str | None]:
+    """Installed version of each distribution, None where not installed (none is imported)."""
+    versions: dict[str, str | None] = {}
+    for dist in dists:
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            versions[dist] = None
+    return versions

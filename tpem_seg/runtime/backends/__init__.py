@@ -1,8 +1,10 @@
-"""Backend registry: names to classes, imported only when chosen.
+"""Backend registry and the one factory: names to classes, imported only when chosen.
 
-``create_backend("auto", ...)`` picks the fastest backend that can run here:
-TensorRT on a CUDA GPU, then ONNX Runtime with a GPU provider, PyTorch on
-CUDA, then ONNX Runtime on the CPU, then PyTorch on the CPU.
+``create_backend("auto", ...)`` picks the first backend that can run here, in the order
+TensorRT on a CUDA GPU, then ONNX Runtime (GPU providers where installed), PyTorch on
+CUDA; on the CPU ONNX Runtime, then PyTorch. Each class answers for itself whether it can
+(:meth:`Backend.unavailable`). The CLI, the bench, export parity and the tuner all build
+their backends here.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 
 from tpem_seg.errors import BackendUnavailable
 from tpem_seg.models.package import ModelPackage
-from tpem_seg.runtime.backends.base import PRECISIONS, Backend, InputSpec
+from tpem_seg.runtime.backends.base import PRECISIONS, Backend, BackendSpec, InputSpec
 from tpem_seg.runtime.devices import resolve_device
 
 log = logging.getLogger(__name__)
@@ -32,39 +34,61 @@ def backend_class(name: str) -> type[Backend]:
     return getattr(importlib.import_module(module_name), cls_name)
 
 
+def unavailable(name: str, device: str = "cpu", precision: str = "fp32", package: ModelPackage | None = None,
+                **options) -> str | None:
+    """None when backend ``name`` can run here as asked, else why not (see :meth:`Backend.unavailable`)."""
+    try:
+        cls = backend_class(name)
+    except ImportError as err:
+        return f"the {name} backend is not importable ({err})"
+    return cls.unavailable(device, precision, package, **options)
+
+
 def available_backends(device: str = "cpu") -> dict[str, str | None]:
-    """Each backend name -> None if it can run on ``device`` here, else why not."""
-    reasons = {}
-    for name in BACKENDS:
-        try:
-            reasons[name] = backend_class(name).availability(device)
-        except ImportError as err:
-            reasons[name] = f"not importable ({err})"
-    return reasons
+    """Each backend name -> None if it can run on ``device`` here (at fp32), else why not."""
+    return {name: unavailable(name, device) for name in BACKENDS}
 
 
-def _auto_order(device: str) -> list[str]:
+def auto_order(device: str) -> list[str]:
+    """The backends ``auto`` tries on ``device``, best first."""
     return ["tensorrt", "onnxruntime", "torch"] if device.startswith("cuda") else ["onnxruntime", "torch"]
 
 
-def create_backend(name: str, package: ModelPackage, device: str = "auto", precision: str = "fp32") -> Backend:
-    """An unloaded backend instance; ``name="auto"`` picks the fastest one that can run."""
-    device = resolve_device(device)
-    if name == "auto":
-        reasons = available_backends(device)
-        for candidate in _auto_order(device):
-            cls = backend_class(candidate)
-            if reasons.get(candidate) is None and cls.supports(package, precision):
-                log.info("backend auto -> %s", candidate)
-                return cls(package, device=device, precision=precision)
-        raise BackendUnavailable(f"no backend can run {package.name} on {device} at {precision}: "
-                                 + "; ".join(f"{k}: {v}" for k, v in reasons.items() if v))
-    cls = backend_class(name)
-    reason = cls.availability(device)
-    if reason is not None:
-        raise BackendUnavailable(reason)
-    return cls(package, device=device, precision=precision)
+def resolve_spec(spec: BackendSpec, package: ModelPackage) -> BackendSpec:
+    """``spec`` with its device resolved and ``auto`` replaced by the backend that will run it;
+    raises :class:`BackendUnavailable` with the reason when none can."""
+    device = resolve_device(spec.device)
+    options = dict(spec.options)
+    if spec.name != "auto":
+        reason = unavailable(spec.name, device, spec.precision, package, **options)
+        if reason is not None:
+            raise BackendUnavailable(reason)
+        return spec.replace(device=device)
+    reasons = {}
+    for candidate in auto_order(device):
+        reasons[candidate] = unavailable(candidate, device, spec.precision, package, **options)
+        if reasons[candidate] is None:
+            log.info("backend auto -> %s", candidate)
+            return spec.replace(name=candidate, device=device)
+    raise BackendUnavailable(f"no backend can run {package.name} on {device} at {spec.precision}: "
+                             + "; ".join(f"{k}: {v}" for k, v in reasons.items()))
 
 
-__all__ = ["BACKENDS", "PRECISIONS", "Backend", "InputSpec", "available_backends", "backend_class",
-           "create_backend"]
+def create_backend(name: str | BackendSpec, package: ModelPackage, device: str = "auto", precision: str = "fp32",
+                   **options) -> Backend:
+    """An unloaded backend for ``package``: from a :class:`BackendSpec`, or from its fields
+    (``name``, ``device``, ``precision`` and the backend's own ``**options``, e.g. ``threads=2``
+    for onnxruntime or ``channels_last=True`` for torch). ``name="auto"`` picks the first backend
+    that can run as asked (:func:`auto_order`)."""
+    if isinstance(name, BackendSpec):
+        if options or device != "auto" or precision != "fp32":
+            raise TypeError("create_backend(spec, package) takes no device, precision or options: the spec has them")
+        spec = name
+    else:
+        spec = BackendSpec(name, device, precision, options)
+    spec = resolve_spec(spec, package)
+    return backend_class(spec.name)(package, device=spec.device, precision=spec.precision, **spec.options)
+
+
+__all__ = ["BACKENDS", "PRECISIONS", "Backend", "BackendSpec", "InputSpec", "auto_order", "available_backends",
+           "backend_class", "create_backend", "resolve_spec", "unavailable"]

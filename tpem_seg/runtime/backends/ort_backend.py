@@ -60,44 +60,61 @@ def providers_for(device: str, precision: str) -> list:
 
 
 class OnnxRuntimeBackend(Backend):
-    """Runs the package's ``model.onnx`` with ONNX Runtime (fp32 graph; fp16 via the TensorRT provider).
+    """Runs the package's ``model.onnx`` with ONNX Runtime.
+
+    Precisions: fp32 (CPU and GPU); fp16 on a GPU through the TensorRT execution provider only;
+    int8 on the CPU, from a quantised copy of the graph given as ``model_path``
+    (:mod:`tpem_seg.runtime.quantize`).
 
     Options: ``model_path`` runs another ONNX file of the same network instead of the package's
-    (e.g. an int8-quantised copy, see :mod:`tpem_seg.runtime.quantize`), named ``variant`` in
-    :meth:`describe`; ``threads`` sets the intra-op threads (default: the cores this process may use);
-    ``spinning`` False stops idle intra-op threads from spinning (None: ONNX Runtime's default, on),
-    which leaves the cores to the prefetch and writer threads between operators.
+    (e.g. the int8 copy), named ``variant`` in :meth:`describe`; ``threads`` sets the intra-op
+    threads (default: the cores this process may use); ``spinning`` False stops idle intra-op
+    threads from spinning (None: ONNX Runtime's default, on), which leaves the cores to the
+    prefetch and writer threads between operators; ``batch_size``: see :class:`Backend`.
     """
 
     name = "onnxruntime"
+    OPTIONS = (*Backend.OPTIONS, "model_path", "variant", "threads", "spinning")
 
     def __init__(self, package, device: str = "cpu", precision: str = "fp32", *, model_path: Path | None = None,
-                 variant: str | None = None, threads: int | None = None, spinning: bool | None = None):
-        super().__init__(package, device=device, precision=precision)
+                 variant: str | None = None, threads: int | None = None, spinning: bool | None = None,
+                 batch_size: int | None = None):
+        super().__init__(package, device=device, precision=precision, batch_size=batch_size)
         self.model_path = Path(model_path) if model_path is not None else None
         self.variant = variant
         self.threads = threads
         self.spinning = spinning
 
     @classmethod
-    def availability(cls, device: str) -> str | None:
-        if importlib.util.find_spec("onnxruntime") is None:
-            return "the onnxruntime backend needs ONNX Runtime: pip install onnxruntime (or onnxruntime-gpu)"
-        if device != "cpu" and not set(GPU_PROVIDERS) & set(installed_providers()):
-            return ("the installed ONNX Runtime has no CUDA provider: pip install onnxruntime-gpu, "
-                    "or use --device cpu")
-        return None
+    def precisions(cls, device: str) -> tuple[str, ...]:
+        return ("fp32", "fp16") if device.startswith("cuda") else ("fp32", "int8")
 
     @classmethod
-    def supports(cls, package, precision: str) -> bool:
-        return precision == "fp32"
+    def unavailable(cls, device: str = "cpu", precision: str = "fp32", package=None, **options) -> str | None:
+        reason = super().unavailable(device, precision, package, **options)
+        if reason is not None:
+            return reason
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "the onnxruntime backend needs ONNX Runtime: pip install onnxruntime (or onnxruntime-gpu)"
+        if device != "cpu":
+            installed = set(installed_providers())
+            if not set(GPU_PROVIDERS) & installed:
+                return ("the installed ONNX Runtime has no CUDA provider: pip install onnxruntime-gpu, "
+                        "or use --device cpu")
+            if precision == "fp16" and "TensorrtExecutionProvider" not in installed:
+                return ("onnxruntime runs fp16 only through its TensorRT execution provider, not installed here; "
+                        "use --precision fp32 or --backend tensorrt")
+        if precision == "int8" and options.get("model_path") is None:
+            return ("int8 with onnxruntime needs a quantised copy of the model (model_path=..., see "
+                    "tpem_seg.runtime.quantize); use --precision fp32")
+        return None
 
     def _load(self) -> None:
         import onnxruntime as ort
 
-        if self.precision != "fp32" and self.device == "cpu":
-            raise BackendUnavailable(f"onnxruntime on the CPU runs fp32 only (asked {self.precision}); "
-                                     f"use --precision fp32 or --backend torch")
+        reason = self.unavailable(self.device, self.precision, self.package, model_path=self.model_path)
+        if reason is not None:
+            raise BackendUnavailable(reason)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.threads or cpu_count()

@@ -15,8 +15,6 @@ API; not yet run on a GPU in this repository (docs/export.md).
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from tpem_seg.errors import BackendUnavailable, PackageError, TpemSegError
@@ -25,21 +23,19 @@ from tpem_seg.runtime import engines
 from tpem_seg.runtime.backends.base import Backend
 from tpem_seg.runtime.devices import device_index
 
-log = logging.getLogger(__name__)
-
-
 class TensorRTBackend(Backend):
     """A TensorRT engine (fp16 with FP32-held norms, or fp32) for the package, on one CUDA GPU."""
 
     name = "tensorrt"
+    OPTIONS = (*Backend.OPTIONS, "build", "engine_config", "record")
 
     def __init__(self, package: ModelPackage, device: str = "cuda", precision: str = "fp16", *,
                  build: bool | None = None, engine_config: engines.EngineConfig | None = None,
-                 record: engines.EngineRecord | None = None):
+                 record: engines.EngineRecord | None = None, batch_size: int | None = None):
         """``build``: build a missing engine on first use (default: ``TPEM_SEG_TENSORRT_BUILD``);
         ``engine_config``: how to build it (default: the precision, batch profile 1/4/8);
         ``record``: run this cached engine (checked against this machine) instead of looking one up."""
-        super().__init__(package, device=device, precision=precision)
+        super().__init__(package, device=device, precision=precision, batch_size=batch_size)
         if precision not in engines.ENGINE_PRECISIONS:
             raise BackendUnavailable(f"the tensorrt backend runs fp16 or fp32 engines, not {precision}; "
                                      f"use --precision fp16")
@@ -48,33 +44,36 @@ class TensorRTBackend(Backend):
         self.record = record
 
     @classmethod
-    def availability(cls, device: str) -> str | None:
-        return engines.tensorrt_unavailable(device)
+    def precisions(cls, device: str) -> tuple[str, ...]:
+        return engines.ENGINE_PRECISIONS
 
     @classmethod
-    def supports(cls, package: ModelPackage, precision: str) -> bool:
-        """fp16/fp32, and (unless building on first use) a cached engine that fits GPU 0 here.
-
-        Lets ``--backend auto`` fall through to ONNX Runtime instead of failing on a missing engine.
-        """
-        if precision not in engines.ENGINE_PRECISIONS:
-            return False
-        if engines.build_on_first_use():
-            return True
+    def unavailable(cls, device: str = "cuda", precision: str = "fp16", package: ModelPackage | None = None,
+                    **options) -> str | None:
+        """Beyond TensorRT, cuda-python and a GPU: unless it may build on first use (``build``, or
+        ``TPEM_SEG_TENSORRT_BUILD``) or is handed an engine (``record``), a cached engine for
+        ``package`` that fits GPU 0 here, so ``--backend auto`` falls through to ONNX Runtime
+        instead of failing on a missing engine."""
+        reason = super().unavailable(device, precision, package, **options) or engines.tensorrt_unavailable(device)
+        if reason is not None or package is None or options.get("record") is not None:
+            return reason
+        build = options.get("build")
+        if build or (build is None and engines.build_on_first_use()):
+            return None
         try:
-            engines.find_engine(package, engines.machine_info("cuda"), precision)
-        except TpemSegError as reason:  # no fitting engine, or no TensorRT/GPU: auto picks another backend
-            log.info("tensorrt not chosen: %s", reason)
-            return False
-        return True
+            engines.find_engine(package, engines.machine_info(device), precision)
+        except TpemSegError as missing:  # no fitting engine: the reason names `tpem-seg engine build`
+            return str(missing)
+        return None
 
     def _load(self) -> None:
         import tensorrt as trt
 
         from tpem_seg.runtime import gpu_buffers as gb
 
-        if not self.device.startswith("cuda"):
-            raise BackendUnavailable(engines.tensorrt_unavailable(self.device) or "TensorRT needs a CUDA GPU")
+        reason = engines.tensorrt_unavailable(self.device)
+        if reason is not None:
+            raise BackendUnavailable(reason)
         self.record = self._engine_record()
         gb.set_device(device_index(self.device))
         self._open_engine(trt)

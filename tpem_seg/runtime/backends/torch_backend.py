@@ -36,47 +36,65 @@ class TorchBackend(Backend):
     - ``cast_weights``: for fp16/bf16, cast the weights and the input to that type instead of
       autocasting (no per-call weight casts; normalisation then also runs in low precision).
     - ``static_batch``: pad batches smaller than this to it (fixed shapes for compiled graphs).
+    - ``threads``: torch's intra-op threads (``torch.set_num_threads``, process-wide), set on load.
+    - ``batch_size``: see :class:`~tpem_seg.runtime.backends.base.Backend`.
 
     :meth:`infer_tensor` runs on device tensors; the Segmenter's GPU path
     (:mod:`tpem_seg.runtime.gpu`) uses it so tiles and logits never leave the GPU.
     """
 
     name = "torch"
+    OPTIONS = (*Backend.OPTIONS, "compile", "cuda_graphs", "channels_last", "cast_weights", "static_batch", "threads")
 
     def __init__(self, package: ModelPackage, device: str = "cpu", precision: str = "fp32", *,
                  compile: bool | str = False, cuda_graphs: bool = False, channels_last: bool = False,
-                 cast_weights: bool = False, static_batch: int | None = None):
-        super().__init__(package, device=device, precision=precision)
-        if cuda_graphs and not device.startswith("cuda"):
-            raise BackendUnavailable("CUDA graphs need a CUDA device; drop cuda_graphs or use --device cuda")
+                 cast_weights: bool = False, static_batch: int | None = None, threads: int | None = None,
+                 batch_size: int | None = None):
+        super().__init__(package, device=device, precision=precision, batch_size=batch_size)
+        problem = self._option_problem(device, precision, cuda_graphs=cuda_graphs, cast_weights=cast_weights)
+        if problem:
+            raise BackendUnavailable(problem)
         self.compile = compile
         self.cuda_graphs = cuda_graphs
-        if cast_weights and precision not in ("fp16", "bf16"):
-            raise BackendUnavailable(f"cast_weights needs precision fp16 or bf16, not {precision}")
         self.channels_last = channels_last
         self.cast_weights = cast_weights
         self.static_batch = static_batch
+        self.threads = threads
 
     @classmethod
-    def availability(cls, device: str) -> str | None:
+    def precisions(cls, device: str) -> tuple[str, ...]:
+        return ("fp32", "fp16", "bf16") if device.startswith("cuda") else ("fp32", "bf16")
+
+    @classmethod
+    def unavailable(cls, device: str = "cpu", precision: str = "fp32", package: ModelPackage | None = None,
+                    **options) -> str | None:
+        reason = super().unavailable(device, precision, package, **options)
+        if reason is not None:
+            return reason
         missing = [m for m in ("torch", "monai") if importlib.util.find_spec(m) is None]
         if missing:
             return f"the torch backend needs {' and '.join(missing)}: pip install 'tpem-seg[torch]'"
+        if package is not None and package.weights_path is None:
+            return f"package {package.name} carries no PyTorch weights; use --backend onnxruntime"
+        return cls._option_problem(device, precision, **options)
+
+    @staticmethod
+    def _option_problem(device: str, precision: str, **options) -> str | None:
+        if options.get("cuda_graphs") and not device.startswith("cuda"):
+            return "CUDA graphs need a CUDA device; drop cuda_graphs or use --device cuda"
+        if options.get("cast_weights") and precision not in ("fp16", "bf16"):
+            return f"cast_weights needs precision fp16 or bf16, not {precision}"
         return None
 
-    @classmethod
-    def supports(cls, package: ModelPackage, precision: str) -> bool:
-        return package.weights_path is not None
-
     def default_batch_size(self) -> int:
-        """``static_batch`` where set (the batch every call is padded to). For bf16 on a CPU, enough
-        small tiles per call to fill about :data:`CPU_BF16_BATCH_VOXELS` (from 2 to 8 tiles): its
-        convolutions gain from the larger batch (``vessels-2p`` tiles: 12.4 ms per tile at 8 against
-        21.6 ms at 2), while fp32 does not (24.6 against 26.9 ms, and 31 ms at 16). Otherwise the
-        base class's choice."""
+        """``static_batch`` where set (the batch every call is padded to), then ``batch_size``. For
+        bf16 on a CPU, enough small tiles per call to fill about :data:`CPU_BF16_BATCH_VOXELS` (from 2
+        to 8 tiles): its convolutions gain from the larger batch (``vessels-2p`` tiles: 12.4 ms per tile
+        at 8 against 21.6 ms at 2), while fp32 does not (24.6 against 26.9 ms, and 31 ms at 16).
+        Otherwise the base class's choice."""
         if self.static_batch:
             return self.static_batch
-        if self.device == "cpu" and self.precision == "bf16":
+        if not self.batch_size and self.device == "cpu" and self.precision == "bf16":
             return max(2, min(8, CPU_BF16_BATCH_VOXELS // math.prod(self.input_spec.tile)))
         return super().default_batch_size()
 
@@ -91,10 +109,11 @@ class TorchBackend(Backend):
         from tpem_seg.models.checkpoint import clean_state_dict
         from tpem_seg.models.unetr import build_unetr
 
-        if self.package.weights_path is None:
-            raise PackageError(f"package {self.package.name} carries no PyTorch weights; use --backend onnxruntime")
-        if self.device == "cpu" and self.precision == "fp16":
-            raise BackendUnavailable("fp16 on the CPU is not supported by the torch backend; use bf16 or fp32")
+        reason = self.unavailable(self.device, self.precision, self.package)
+        if reason is not None:
+            raise PackageError(reason) if self.package.weights_path is None else BackendUnavailable(reason)
+        if self.threads:
+            torch.set_num_threads(self.threads)
         if self.device == "cpu" and self.precision == "bf16" and not cpu_supports_bf16():
             log.warning("this CPU has no native bf16; bf16 autocast will be slow")
         state = torch.load(self.package.weights_path, map_location="cpu", weights_only=True)
@@ -123,6 +142,7 @@ class TorchBackend(Backend):
         extras = [flag for flag, on in (("compiled", bool(self.compile)), ("cuda graphs", self.cuda_graphs),
                                         ("channels-last", self.channels_last),
                                         ("weights cast", self.cast_weights)) if on]
+        extras += [f"{self.threads} threads"] if self.threads else []
         return f"{self.name} on {self.device} ({', '.join([self.precision, *extras])})"
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
