@@ -46,7 +46,7 @@ class TilePlan:
     def n_tiles(self) -> int:
         return len(self.z_starts) * len(self.yx_origins)
 
-    def volume_part(self, z0: int, depth: int) -> tuple[int, tuple[slice, slice, slice]] | None:
+    def output_part(self, z0: int, depth: int) -> tuple[int, tuple[slice, slice, slice]] | None:
         """The part of a finished slab (padded planes ``z0 .. z0 + depth``) that lies in the volume:
         ``(first volume plane, (z, y, x) slices into the slab)``, or None when it is all padding."""
         (pz, _), (py, _), (px, _) = self.pads
@@ -54,6 +54,19 @@ class TilePlan:
         if hi <= lo:
             return None
         return lo - pz, (slice(lo - z0, hi - z0), slice(py, py + self.shape[1]), slice(px, px + self.shape[2]))
+
+    def read_slab(self, volume, z: int, normalizer: Normalizer, channels: Sequence[int] | None) -> np.ndarray:
+        """Normalised slab ``(C, tile_z, Yp, Xp)`` float32 for padded planes ``[z, z + tile_z)``.
+
+        Padding voxels are zero after normalisation (as MONAI pads its input).
+        """
+        (pz, _), (py, _), (px, _) = self.pads
+        z0, z1 = max(z - pz, 0), min(z - pz + self.tile[0], self.shape[0])
+        block = normalizer(volume.read_czyx(z0, z1, channels))
+        slab = np.zeros((block.shape[0], self.tile[0], *self.padded[1:]), dtype=np.float32)
+        dz = z0 - (z - pz)
+        slab[:, dz:dz + block.shape[1], py:py + self.shape[1], px:px + self.shape[2]] = block
+        return slab
 
 
 def make_plan(shape: Sequence[int], tile: Sequence[int], overlap: float) -> TilePlan:
@@ -86,30 +99,17 @@ class RowDone:
     next_z: int
 
 
-def read_padded_slab(volume, plan: TilePlan, z: int, normalizer: Normalizer,
-                     channels: Sequence[int] | None) -> np.ndarray:
-    """Normalised slab ``(C, tile_z, Yp, Xp)`` float32 for padded planes ``[z, z + tile_z)``.
-
-    Padding voxels are zero after normalisation (as MONAI pads its input).
-    """
-    (pz, _), (py, _), (px, _) = plan.pads
-    z0, z1 = max(z - pz, 0), min(z - pz + plan.tile[0], plan.shape[0])
-    block = normalizer(volume.read_czyx(z0, z1, channels))
-    slab = np.zeros((block.shape[0], plan.tile[0], *plan.padded[1:]), dtype=np.float32)
-    dz = z0 - (z - pz)
-    slab[:, dz:dz + block.shape[1], py:py + plan.shape[1], px:px + plan.shape[2]] = block
-    return slab
-
-
 def iter_tiles(volume, plan: TilePlan, normalizer: Normalizer, channels: Sequence[int] | None,
                batch_size: int, empty_threshold: float | None = None) -> Iterator[TileBatch | RowDone]:
     """Batches of tiles row by row, each row followed by a :class:`RowDone`.
 
-    With ``empty_threshold``, each batch says which of its tiles are empty (see :func:`empty_tiles`).
+    ``plan`` is a :class:`TilePlan` or a block's part of one (:class:`~tpem_seg.runtime.blocks.BlockPlan`):
+    anything with ``tile``, ``z_starts``, ``yx_origins``, ``padded`` and ``read_slab``. With
+    ``empty_threshold``, each batch says which of its tiles are empty (see :func:`empty_tiles`).
     """
     d, h, w = plan.tile
     for i, z in enumerate(plan.z_starts):
-        slab = read_padded_slab(volume, plan, z, normalizer, channels)
+        slab = plan.read_slab(volume, z, normalizer, channels)
         for start in range(0, len(plan.yx_origins), batch_size):
             origins = plan.yx_origins[start:start + batch_size]
             tiles = np.stack([slab[:, :, y:y + h, x:x + w] for y, x in origins])
