@@ -1,7 +1,8 @@
 """Segmenter: a model package, a backend and tile settings; volumes in, labels out.
 
-``segment`` works on arrays, ``segment_file`` streams a file to a file with
-memory bounded by a z-slab. The CLI calls exactly these.
+``segment`` works on arrays, ``segment_file`` streams a file to a file with memory bounded by a
+z-slab, or by a block (:mod:`~tpem_seg.runtime.blocks`) where planes are wide or the volume is
+resampled. The CLI calls exactly these.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from tpem_seg.errors import InputError
 from tpem_seg.io import Volume, open_writer, read_volume
 from tpem_seg.models.package import ModelPackage, open_package
 from tpem_seg.runtime.backends import Backend, create_backend
+from tpem_seg.runtime.blocks import BLOCK_YX, default_block, run_blocks
 from tpem_seg.runtime.engine import RunState, TileEngine
 from tpem_seg.runtime.normalize import fit_normalizer
-from tpem_seg.runtime.outputs import OutputHead
 from tpem_seg.runtime.pipeline import BackgroundWriter, make_plan
-from tpem_seg.runtime.resample import needs_resampling, resample_logits, resample_volume
+from tpem_seg.runtime.resample import ResampledVolume, needs_resampling
 from tpem_seg.runtime.settings import RunSettings, TileOptions
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class RunSummary:
     def line(self) -> str:
         shape = "x".join(map(str, self.shape))
         skipped = f" ({self.extra['skipped_tiles']} empty, skipped)" if "skipped_tiles" in self.extra else ""
+        if "blocks" in self.extra:
+            skipped += f" in {self.extra['blocks']} blocks (x{self.extra['redundancy']:.2f} tiles)"
         return (f"{shape} voxels in {self.seconds:.2f} s ({self.voxels_per_second / 1e6:.2f} Mvox/s), "
                 f"{self.tiles} tiles{skipped}, {self.backend}{', resampled' if self.resampled else ''}")
 
@@ -71,6 +74,9 @@ class Segmenter:
         channels: which input channels feed the model, in the model's order (default: all).
         resample: resample to the package's voxel size when the input's differs.
         progress: show a progress bar.
+        block: ``"auto"``, ``"off"`` or a block core ``(z, y, x)`` in output voxels: run block by
+            block, memory set by the block, output bit-identical (see
+            :class:`~tpem_seg.runtime.settings.RunSettings`).
         backend_options: backend-specific options, passed on to
             :func:`~tpem_seg.runtime.backends.create_backend` (e.g. the torch backend's compile,
             cuda_graphs, channels_last, cast_weights).
@@ -87,9 +93,9 @@ class Segmenter:
     def __init__(self, model: str | os.PathLike | ModelPackage, backend: str | Backend = "auto", device: str = "auto",
                  precision: str = "fp32", *, output: str = "labels", channels: Sequence[int] | None = None,
                  resample: bool = True, progress: bool = False, backend_options: dict | None = None,
-                 **tile_options):
+                 block: Sequence[int] | str = "auto", **tile_options):
         self.settings = RunSettings(output=output, channels=channels, resample=resample,
-                                    tiles=TileOptions(**tile_options))
+                                    tiles=TileOptions(**tile_options), block=block)
         self.package = model if isinstance(model, ModelPackage) else open_package(model)
         if isinstance(backend, Backend):
             if backend.input_spec.tile != self.package.manifest.tile or \
@@ -174,47 +180,53 @@ class Segmenter:
                           backend=self.backend if device_tensors else None)
 
     def _segment_volume(self, volume: Volume, sink: Callable[[int, np.ndarray], None]) -> RunSummary:
-        """Run ``volume`` through the network; ``sink(first_plane, block)`` gets the output in z order."""
+        """Run ``volume`` through the network; ``sink(first_plane, slab)`` gets the output in z order."""
         channels = self._check_channels(volume)
         manifest = self.package.manifest
         started = time.perf_counter()
         self.backend.load()
         state = RunState()
+        output = self.settings.output
         resampled = self.settings.resample and needs_resampling(volume.spacing, manifest.spacing)
+        source, source_channels = volume, channels
         if resampled:
-            self._segment_resampled(volume, channels, sink, state)
+            log.info("resampling from %s µm to the model's %s µm, block by block", volume.spacing, manifest.spacing)
+            source, source_channels = ResampledVolume(volume, manifest.spacing, channels), None
+        elif self.settings.resample and volume.spacing is None and manifest.spacing is not None:
+            log.info("input voxel size unknown; assuming the model's %s µm (give --spacing to resample)",
+                     manifest.spacing)
+        normalizer = fit_normalizer(source, manifest.normalization, source_channels)
+        grid = make_plan(source.shape_zyx, manifest.tile, self.settings.tiles.overlap)
+        engine = self._engine()
+        block = self._block(volume.shape_zyx, resampled)
+        extra: dict = {}
+        if block is None:
+            engine.run(source, grid, normalizer, source_channels, output, sink, state, self.progress)
         else:
-            if self.settings.resample and volume.spacing is None and manifest.spacing is not None:
-                log.info("input voxel size unknown; assuming the model's %s µm (give --spacing to resample)",
-                         manifest.spacing)
-            self._stitch(volume, channels, self.settings.output, sink, state)
+            extra["blocks"] = run_blocks(engine, source, grid, normalizer, source_channels, output, block, sink,
+                                         state, out_shape=volume.shape_zyx if resampled else None,
+                                         progress=self.progress)
+            extra["block"] = block
+            extra["redundancy"] = round(state.tiles / grid.n_tiles, 4)
         summary = RunSummary(volume.shape_zyx, state.tiles, 0.0, self.backend.describe(), resampled=resampled)
-        summary.extra["batch_size"] = state.batch_size
+        summary.extra.update(extra, batch_size=state.batch_size)
         if self.settings.tiles.skip_empty:
             summary.extra["skipped_tiles"] = state.skipped
         summary.seconds = time.perf_counter() - started
         log.info("%s", summary.line())
         return summary
 
-    def _segment_resampled(self, volume: Volume, channels: list[int] | None,
-                           sink: Callable[[int, np.ndarray], None], state: RunState) -> None:
-        """Resample to the model's voxel size, segment, bring the logits back (whole volume in memory)."""
-        manifest = self.package.manifest
-        log.info("resampling from %s µm to the model's %s µm (whole volume in memory)",
-                 volume.spacing, manifest.spacing)
-        resampled = resample_volume(volume, manifest.spacing, channels)
-        parts: list[np.ndarray] = []
-        self._stitch(resampled, None, "logits", lambda first, block: parts.append(block), state)
-        logits = resample_logits(np.concatenate(parts, axis=1), volume.shape_zyx)
-        sink(0, OutputHead(manifest.activation, self.settings.output).from_logits(logits))
-
-    def _stitch(self, volume: Volume, channels: list[int] | None, output: str,
-                emit: Callable[[int, np.ndarray], None], state: RunState) -> None:
-        """Normalise (once, over the volume), plan and run the tiles of ``volume``."""
-        manifest = self.package.manifest
-        normalizer = fit_normalizer(volume, manifest.normalization, channels)
-        plan = make_plan(volume.shape_zyx, manifest.tile, self.settings.tiles.overlap)
-        self._engine().run(volume, plan, normalizer, channels, output, emit, state, self.progress)
+    def _block(self, shape: tuple[int, int, int], resampled: bool) -> tuple[int, int, int] | None:
+        """The block core for a run over an output of ``shape`` (None: one pass in z-slabs)."""
+        block = self.settings.block
+        if isinstance(block, tuple):
+            return tuple(min(b, n) for b, n in zip(block, shape))
+        wide = max(shape[1:]) > BLOCK_YX
+        if not resampled and (block == "off" or not wide):
+            return None
+        k = self.package.manifest.config.out_channels
+        voxel_bytes = {"labels": 1, "probabilities": 2 * k, "logits": 4 * k}[self.settings.output]
+        return default_block(shape, self.package.manifest.tile, voxel_bytes)
 
     def _check_channels(self, volume: Volume) -> list[int] | None:
         manifest = self.package.manifest

@@ -56,15 +56,29 @@ class RunSettings:
     channels: input channels feeding the model, in the model's order (None: all, as they are).
     resample: resample to the package's voxel size when the input's differs.
     tiles: tiling and blending (:class:`TileOptions`).
+    block: the block core ``(z, y, x)`` in output voxels (:mod:`~tpem_seg.runtime.blocks`: memory set
+        by the block, output bit-identical); ``"auto"``: blocks of
+        :func:`~tpem_seg.runtime.blocks.default_block` when the plane is wider than one, or the
+        volume is resampled, else one pass in z-slabs; ``"off"``: z-slabs (a resampled volume still
+        goes by the default block).
     """
 
     output: str = "labels"
     channels: tuple[int, ...] | None = None
     resample: bool = True
     tiles: TileOptions = field(default_factory=TileOptions)
+    block: tuple[int, int, int] | str = "auto"
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
             raise InputError(f"output {self.output!r} must be one of {OUTPUTS}")
         if self.channels is not None:
             object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        if isinstance(self.block, str):
+            if self.block not in ("auto", "off"):
+                raise InputError(f"block {self.block!r} must be 'auto', 'off' or three sizes, e.g. --block 64,1024,1024")
+        else:
+            block = tuple(int(b) for b in self.block)
+            if len(block) != 3 or min(block) < 1:
+                raise InputError(f"block {self.block} must be three positive sizes z,y,x, e.g. --block 64,1024,1024")
+            object.__setattr__(self, "block", block)
