@@ -103,6 +103,8 @@ def run(
     skip_empty: bool = typer.Option(False, "--skip-empty", help="give tiles without foreground background labels "
                                     "without running the network (see benchmarks/results/README_section.md)"),
     resample: bool = typer.Option(True, "--resample/--no-resample", help="resample to the model's voxel size"),
+    block: str = typer.Option("auto", help="block core Z,Y,X in voxels (memory set by the block, same output), "
+                              "auto (blocks for planes wider than 1024 or resampled input) or off"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Segment volumes; write uint8 labels (or probabilities) with the input's voxel size."""
@@ -115,7 +117,7 @@ def run(
     with Segmenter(model_name, backend=backend, device=device, precision=precision,
                    output="probabilities" if probabilities else "labels", channels=channel_list,
                    resample=resample, progress=progress, overlap=overlap, batch_size=batch_size,
-                   tta=tta, skip_empty=skip_empty) as segmenter:
+                   tta=tta, skip_empty=skip_empty, block=block) as segmenter:
         for src, dst in zip(inputs, outputs):
             summary = segmenter.segment_file(src, dst, axes=axes, spacing=spacing_t)
             typer.echo(f"{dst}: {summary.line()}", err=True)

@@ -56,7 +56,7 @@ class RunSettings:
     channels: input channels feeding the model, in the model's order (None: all, as they are).
     resample: resample to the package's voxel size when the input's differs.
     tiles: tiling and blending (:class:`TileOptions`).
-    block: the block core ``(z, y, x)`` in output voxels (:mod:`~tpem_seg.runtime.blocks`: memory set
+    block: the block core ``(z, y, x)`` in output voxels (or its text ``"Z,Y,X"``) (:mod:`~tpem_seg.runtime.blocks`: memory set
         by the block, output bit-identical); ``"auto"``: blocks of
         :func:`~tpem_seg.runtime.blocks.default_block` when the plane is wider than one, or the
         volume is resampled, else one pass in z-slabs; ``"off"``: z-slabs (a resampled volume still
@@ -74,11 +74,17 @@ class RunSettings:
             raise InputError(f"output {self.output!r} must be one of {OUTPUTS}")
         if self.channels is not None:
             object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
-        if isinstance(self.block, str):
-            if self.block not in ("auto", "off"):
-                raise InputError(f"block {self.block!r} must be 'auto', 'off' or three sizes, e.g. --block 64,1024,1024")
-        else:
-            block = tuple(int(b) for b in self.block)
-            if len(block) != 3 or min(block) < 1:
-                raise InputError(f"block {self.block} must be three positive sizes z,y,x, e.g. --block 64,1024,1024")
-            object.__setattr__(self, "block", block)
+        if self.block not in ("auto", "off"):
+            object.__setattr__(self, "block", _block_sizes(self.block))
+
+
+def _block_sizes(block) -> tuple[int, int, int]:
+    """``(z, y, x)`` from three sizes or their ``"Z,Y,X"`` text."""
+    hint = "must be auto, off or three positive sizes Z,Y,X, e.g. --block 64,1024,1024"
+    try:
+        sizes = tuple(int(b) for b in (block.split(",") if isinstance(block, str) else block))
+    except (TypeError, ValueError):
+        raise InputError(f"block {block!r} {hint}") from None
+    if len(sizes) != 3 or min(sizes) < 1:
+        raise InputError(f"block {block!r} {hint}")
+    return sizes  # type: ignore[return-value]
