@@ -32,7 +32,8 @@ def test_redundancy_is_one_for_a_single_block_and_grows_with_small_blocks():
 
 
 def test_default_block_keeps_a_row_of_output_in_budget():
-    assert default_block((20, 4096, 4096), (16, 64, 64), 1) == (16, 1024, 1024)  # 20 planes would pass 256 MiB
+    assert default_block((20, 4096, 4096), (16, 64, 64), 1) == (20, 1024, 1024)
+    assert default_block((20, 4096, 4096), (16, 64, 64), 6) == (16, 1024, 1024)  # 20 planes would pass 512 MiB
     assert default_block((20, 1024, 3072), (16, 64, 64), 1) == (20, 1024, 1024)
     assert default_block((200, 500, 600), (16, 64, 64), 1) == (64, 500, 600)
 

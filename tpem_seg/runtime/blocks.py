@@ -134,8 +134,9 @@ def redundancy(grid: TilePlan, block: Sequence[int]) -> float:
 BLOCK_YX = 1024
 #: Deepest default block core (zarr chunks hold at most 64 planes).
 BLOCK_Z = 64
-#: Output bytes a row of blocks may hold before it is written (it spans whole planes).
-ROW_BUDGET = 256 * 2**20
+#: Output bytes a row of blocks may hold before it is written (it spans whole planes). Cutting a
+#: thin stack in z costs more (every tile near the cut runs twice) than holding its labels.
+ROW_BUDGET = 512 * 2**20
 
 
 def default_block(shape: Sequence[int], tile: Sequence[int], voxel_bytes: int) -> tuple[int, int, int]:
