@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from tpem_seg.runtime.normalize import Normalizer
 from tpem_seg.runtime.outputs import OutputHead
 from tpem_seg.runtime.pipeline import Box, TilePlan, read_box
-from tpem_seg.runtime.resample import interpolate, source_box
+from tpem_seg.runtime.resample import CHUNK_VOXELS, interpolate, source_box
 
 
 @dataclass(frozen=True)
@@ -193,12 +193,25 @@ def run_blocks(engine, source, grid: TilePlan, normalizer: Normalizer, channels:
                     needed = source_box(core, grid.shape, shape)
                     logits = output_array("logits", engine.n_classes, [hi - lo for lo, hi in needed])
                     _run_core(engine, source, block_plan(grid, needed), normalizer, channels, "logits", logits, state)
-                    values = interpolate(logits, [lo for lo, _ in needed], core, grid.shape, shape)
-                    target[...] = head.from_logits(values)
+                    _bring_back(logits, needed, core, grid.shape, shape, head, target)
                 count += 1
                 bar.update(1)
             sink(z_lo, slab)
     return count
+
+
+def _bring_back(logits: np.ndarray, needed: Box, core: Box, grid_shape, shape, head: OutputHead,
+                target: np.ndarray) -> None:
+    """Interpolate ``logits`` (over the source voxels ``needed``) to the output voxels ``core`` and put
+    them through ``head`` into ``target``, a few planes at a time (bounded temporaries)."""
+    (z0, z1), rest = core[0], core[1:]
+    plane = logits.shape[0] * (rest[0][1] - rest[0][0]) * (rest[1][1] - rest[1][0])
+    step = max(1, CHUNK_VOXELS // max(plane, 1))
+    origin = [lo for lo, _ in needed]
+    for a in range(z0, z1, step):
+        b = min(a + step, z1)
+        values = interpolate(logits, origin, ((a, b), *rest), grid_shape, shape)
+        target[..., a - z0:b - z0, :, :] = head.from_logits(values)
 
 
 def _run_core(engine, source, plan: BlockPlan, normalizer: Normalizer, channels, output: str,

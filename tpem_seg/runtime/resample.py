@@ -49,10 +49,31 @@ def source_box(box: Box, shape_in: Sequence[int], shape_out: Sequence[int]) -> B
     return tuple(source_span(lo, hi, n, m) for (lo, hi), n, m in zip(box, shape_in, shape_out))
 
 
+#: Output voxels (times channels) interpolated at once: bounds the float64 temporaries (~32 MB each).
+CHUNK_VOXELS = 4_000_000
+
+
 def interpolate(data: np.ndarray, origin: Sequence[int], box: Box, shape_in: Sequence[int],
                 shape_out: Sequence[int]) -> np.ndarray:
     """Output voxels ``box`` (of a grid ``shape_out``) from ``data (C, dz, dy, dx)``, the input voxels of
-    a grid ``shape_in`` starting at ``origin`` (it must hold :func:`source_box`). float32 ``(C, ...)``."""
+    a grid ``shape_in`` starting at ``origin`` (it must hold :func:`source_box`). float32 ``(C, ...)``.
+
+    Works through ``box`` a few planes at a time (each voxel's value does not depend on the split).
+    """
+    (z0, z1), rest = box[0], tuple(box[1:])
+    plane = data.shape[0] * (rest[0][1] - rest[0][0]) * (rest[1][1] - rest[1][0])
+    step = max(1, CHUNK_VOXELS // max(plane, 1))
+    out = np.empty((data.shape[0], z1 - z0, *(hi - lo for lo, hi in rest)), dtype=np.float32)
+    for a in range(z0, z1, step):
+        b = min(a + step, z1)
+        sa, sb = source_span(a, b, shape_in[0], shape_out[0])
+        part = data[:, sa - origin[0]:sb - origin[0]]
+        out[:, a - z0:b - z0] = _interpolate(part, (sa, *origin[1:]), ((a, b), *rest), shape_in, shape_out)
+    return out
+
+
+def _interpolate(data: np.ndarray, origin: Sequence[int], box: Box, shape_in: Sequence[int],
+                 shape_out: Sequence[int]) -> np.ndarray:
     out = np.asarray(data, dtype=np.float64)
     for axis, ((lo, hi), start, n_in, n_out) in enumerate(zip(box, origin, shape_in, shape_out), start=1):
         coords = np.arange(lo, hi, dtype=np.float64) * _scale(n_in, n_out)
