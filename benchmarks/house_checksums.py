@@ -96,8 +96,8 @@ def main() -> None:
                              "command": " ".join(["tpem-seg", "run", *cli_args])}
             print(f"{name}: {results[name]['sha256'][:16]} {results[name]['shape']} "
                   f"({results[name]['seconds']} s)", flush=True)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=1) + "\n")
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(json.dumps(results, indent=1) + "\n")  # after each case: a stopped run keeps them
 
 
 if __name__ == "__main__":
