@@ -72,20 +72,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, required=True, help="folder for the synthetic volumes")
     parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--only", default=None, help="run only the rows whose input name contains this")
+    parser.add_argument("--name", default="memory_blocks", help="results file name (without .json/.md)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, shape, spacing, blocks in ROWS:
+        if args.only and args.only not in name:
+            continue
         src = args.workdir / ("x".join(map(str, shape)) + ".tif")
         make_volume(src, shape)
         for block in blocks:
             result = run_one(src, args.workdir / "out.tif", spacing, block)
             rows.append({"input": name, "shape": list(shape), "input_mb": round(np.prod(shape) * 2 / 1e6), **result})
             print(f"{name} --block {block}: {result['peak_rss_mb']} MB, {result['wall_s']} s", flush=True)
-    command = "python benchmarks/memory_blocks.py --workdir " + str(args.workdir)
+    command = "python benchmarks/memory_blocks.py --workdir " + str(args.workdir) + \
+        (f" --only '{args.only}' --name {args.name}" if args.only else "")
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "memory_blocks.json").write_text(json.dumps({"command": command, "machine": machine,
+    (args.results / f"{args.name}.json").write_text(json.dumps({"command": command, "machine": machine,
                                                                  "rows": rows}, indent=1) + "\n")
     lines = ["# Peak host memory with wide planes: z-slabs (`--block off`) vs blocks (`--block auto`)", "",
              f"Command: `{command}` ({machine}; vessels-2p, ONNX Runtime, `--skip-empty` on every row)", "",
@@ -93,7 +98,7 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['input']} | {r['input_mb']} | {r['block']} | {r['peak_rss_mb']} MB | {r['wall_s']} s "
                      f"| {r['summary'].split(': ', 1)[-1]} |")
-    (args.results / "memory_blocks.md").write_text("\n".join(lines) + "\n")
+    (args.results / f"{args.name}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
