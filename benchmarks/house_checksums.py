@@ -72,10 +72,13 @@ def main() -> None:
     parser.add_argument("-o", "--output", type=Path, required=True, help="JSON file for the checksums")
     parser.add_argument("--data", type=Path, default=DATA, help="the shared data folder")
     parser.add_argument("--only", default=None, help="run only cases whose name contains this")
+    parser.add_argument("--skip", default=None, help="leave out cases whose name contains this")
     args = parser.parse_args()
     from tpem_seg.io import read_volume, write_volume
 
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    # One thread: on a shared CPU a spinning OpenMP team makes torch runs many times slower; the
+    # thread count is part of what the checksums hold (reductions may split differently).
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -83,7 +86,7 @@ def main() -> None:
         crop = write_volume(tmp / "cellfinder_crop.tif", np.asarray(source.data[CELLFINDER_CROP]), "CZYX",
                             spacing=source.spacing)
         for name, cli_args in cases(args.data, crop):
-            if args.only and args.only not in name:
+            if (args.only and args.only not in name) or (args.skip and args.skip in name):
                 continue
             dst = tmp / (name.replace("/", "_") + ".tif")
             command = [sys.executable, "-m", "tpem_seg.cli", "run", *cli_args, "-o", str(dst), "--no-progress",
