@@ -1,10 +1,10 @@
 """sha256 of ``tpem-seg run`` outputs for both bundled models on the real stacks: refactors must keep them.
 
-Runs the CLI (a subprocess per case, as users run it) on two vesselNN stacks with vessels-2p (one at
-the model's voxel size: the streaming path; one at 2.485 µm: the resampled path) and on a crop of the
-cellfinder two-channel stack with tpem-2ch (resampled from 2 µm, and at the model's voxel size through
-``--spacing``), with labels and ``--probabilities``, on the torch and ONNX Runtime backends, plus a
-``--skip-empty`` and a ``--tta`` case. The checksum is over the decoded array (dtype, shape, bytes), so
+Runs the CLI (a subprocess per case, as users run it) on two vesselNN stacks with vessels-2p (their
+TIFFs carry no voxel size, so the model's is assumed: the streaming z-slab path) and on a crop of the
+cellfinder two-channel stack with tpem-2ch (its file says 5x2x2 µm: the resampled path; and at the
+model's voxel size through ``--spacing``), with labels and ``--probabilities``, on the torch and ONNX
+Runtime backends, plus a ``--skip-empty`` and a ``--tta`` case. The checksum is over the decoded array (dtype, shape, bytes), so
 file metadata such as timestamps does not count.
 
     PYTHONPATH=$PWD python benchmarks/house_checksums.py --data /work/shared/data \
