@@ -72,7 +72,7 @@ class TileEngine:
                 from tpem_seg.runtime import gpu  # imports torch: only for backends that already run on it
 
                 run = gpu.GpuStitchRun(self.backend, plan, self.weights, self.n_classes, head, self.options,
-                                       self.background)
+                                       self.background, chosen_batch=state.batch_size)
                 counters = run.run(volume, normalizer, channels, emit, bar.update)
                 state.batch_size = run.backoff.batch_size
             else:

@@ -245,11 +245,14 @@ class GpuStitchRun:
         n_classes: network outputs per voxel; head: what the run hands out.
         options: the run's :class:`~tpem_seg.runtime.settings.TileOptions`.
         background: per-class logits for skipped empty tiles.
+        chosen_batch: the batch size an earlier part of the same run settled on (the blocks after the
+            first), so it is measured once per run; None: ``options.batch_size``, else measured.
         is_oom: which exceptions mean out-of-memory (default :func:`is_cuda_oom`; tests inject fakes).
     """
 
     def __init__(self, backend, plan, weights: np.ndarray, n_classes: int, head: OutputHead, options,
-                 background: Sequence[float], is_oom: Callable[[BaseException], bool] = is_cuda_oom):
+                 background: Sequence[float], chosen_batch: int | None = None,
+                 is_oom: Callable[[BaseException], bool] = is_cuda_oom):
         self.backend = backend
         self.plan = plan
         self.weights = weights
@@ -260,6 +263,7 @@ class GpuStitchRun:
         self.device = torch.device(backend.device)
         self.ops = TorchOps(self.device)
         self.is_oom = is_oom
+        self.chosen_batch = chosen_batch
         self.forward = with_flips(backend.infer_tensor, self.ops) if options.tta else backend.infer_tensor
         self.batch_size: int | None = None
         self.backoff: OomBackoff | None = None
@@ -271,7 +275,7 @@ class GpuStitchRun:
         device = _Device(self.device)
         in_channels = len(channels) if channels is not None else volume.n_channels
         with device.context(), torch.inference_mode():
-            self.batch_size = self.options.batch_size or self._auto_batch_size(in_channels)
+            self.batch_size = self.options.batch_size or self.chosen_batch or self._auto_batch_size(in_channels)
             self.backoff = OomBackoff(self.batch_size, is_oom=self.is_oom)
             slots = [self._slot(device, in_channels) for _ in range(PREFETCH_DEPTH + 2)]
             stitcher = Stitcher(self.n_classes, plan.padded, plan.tile, self.weights, self.ops)
