@@ -91,6 +91,9 @@ def make_plan(shape: Sequence[int], tile: Sequence[int], overlap: float) -> Tile
 class TileBatch:
     """Normalised tiles ``(N, C, D, H, W)`` float32 and their padded-grid origins (z, y, x).
 
+    ``tiles`` may hold zero tiles after the ``len(origins)`` real ones: in a block they fill the
+    network call to the size it has in one pass (see :func:`iter_tiles`).
+
     ``empty``: per tile, whether it shows no foreground (:func:`empty_tiles`); None when
     empty tiles are not being looked for.
     """
@@ -98,11 +101,6 @@ class TileBatch:
     tiles: np.ndarray
     origins: list[tuple[int, int, int]]
     empty: np.ndarray | None = None
-
-    @property
-    def n_fill(self) -> int:
-        """Zero tiles after the real ones (only in blocks): they fill the network call, nothing more."""
-        return len(self.tiles) - len(self.origins)
 
 
 @dataclass
