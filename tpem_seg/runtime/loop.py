@@ -83,8 +83,9 @@ def stitch_loop(items: Iterable, plan, stitcher: Stitcher, predict: Callable, he
         plan: gives ``output_part(z0, depth)``: ``(first output plane, (z, y, x) slices into the
             slab)`` of a finished slab, or None when none of it is output.
         predict: ``predict(batch)`` -> logits ``(N, K, D, H, W)`` of the batch's non-empty tiles, in
-            order; called for every batch (a transport may release buffers in it) but only used
-            when the batch has non-empty tiles.
+            order (rows past them, from zero tiles that filled the call, are not used); called for
+            every batch (a transport may release buffers in it) but only used when the batch has
+            non-empty tiles.
         head: turns weighted sums into the output block.
         background: per-class logits added for skipped tiles.
         emit: ``emit(first_plane, block)`` for each finished slab's output, in z order.
