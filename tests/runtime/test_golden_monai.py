@@ -31,3 +31,15 @@ def test_matches_monai_sliding_window(package_identity, shape):
     got = ours_probabilities(package, volume)
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() < 1e-4
+
+
+def test_blocks_match_monai_sliding_window(package_identity):
+    """Blocks change nothing the oracle can see (they equal one pass bit for bit)."""
+    package, model = package_identity
+    volume = np.random.default_rng(4).random((2, 37, 45, 70), dtype=np.float32)
+    expected = monai_probabilities(model, volume, package.manifest.tile)
+    with Segmenter(package, backend="torch", device="cpu", output="logits", block=(12, 24, 40)) as seg:
+        logits = seg.segment(volume, axes="CZYX")
+        assert seg.last_summary.extra["blocks"] == 4 * 2 * 2
+    got = torch.softmax(torch.from_numpy(logits), dim=0).numpy()
+    assert np.abs(got - expected).max() < 1e-4

@@ -15,7 +15,9 @@ from tpem_seg.errors import BackendUnavailable  # noqa: E402
 from tpem_seg.runtime import gpu  # noqa: E402
 from tpem_seg.runtime.backends.torch_backend import TorchBackend  # noqa: E402
 from tpem_seg.runtime.pipeline import make_plan  # noqa: E402
-from tpem_seg.runtime.stitch import Stitcher, finish_sums  # noqa: E402
+from tpem_seg.runtime.arrays_torch import TorchOps  # noqa: E402
+from tpem_seg.runtime.outputs import OutputHead  # noqa: E402
+from tpem_seg.runtime.stitch import Stitcher  # noqa: E402
 from tpem_seg.runtime.tiling import gaussian_weights  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -29,10 +31,10 @@ class FakeOOM(RuntimeError):
 
 
 def _stitch_both(rng, shape=(40, 30, 50), tile=(16, 16, 16), k=3):
-    """Feed the same tiles (some constant) to the numpy and the torch stitcher; both outputs, in order."""
+    """Feed the same tiles (some constant) to the stitcher on numpy and on torch; both outputs, in order."""
     plan = make_plan(shape, tile, 0.25)
     weights = gaussian_weights(tile)
-    ours, theirs = Stitcher(k, plan.padded, tile, weights), gpu.TorchStitcher(k, plan.padded, tile, weights, "cpu")
+    ours, theirs = Stitcher(k, plan.padded, tile, weights), Stitcher(k, plan.padded, tile, weights, TorchOps("cpu"))
     out_np, out_t = [], []
     for i, z in enumerate(plan.z_starts):
         origins = [(z, y, x) for y, x in plan.yx_origins]
@@ -51,7 +53,7 @@ def _stitch_both(rng, shape=(40, 30, 50), tile=(16, 16, 16), k=3):
     return out_np, out_t
 
 
-def test_torch_stitcher_on_cpu_equals_numpy_stitcher(rng):
+def test_stitcher_on_torch_equals_stitcher_on_numpy(rng):
     out_np, out_t = _stitch_both(rng)
     assert sum(s.shape[1] for s, _ in out_np) == 40
     for (s_np, n_np), (s_t, n_t) in zip(out_np, out_t):
@@ -61,11 +63,12 @@ def test_torch_stitcher_on_cpu_equals_numpy_stitcher(rng):
 
 @pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
 @pytest.mark.parametrize("output", ["labels", "probabilities", "logits"])
-def test_finish_on_device_equals_numpy_finish(rng, activation, output):
+def test_output_head_on_torch_equals_numpy(rng, activation, output):
     sums = rng.standard_normal((3, 4, 8, 9)).astype(np.float32)
     norm = rng.uniform(0.5, 2.0, (4, 8, 9)).astype(np.float32)
-    expected = finish_sums(sums.copy(), norm, activation, output)
-    got = gpu.finish_tensor(torch.from_numpy(sums), torch.from_numpy(norm), activation, output).numpy()
+    head = OutputHead(activation, output)
+    expected = head.from_sums(sums.copy(), norm)
+    got = head.from_sums(torch.from_numpy(sums), torch.from_numpy(norm), TorchOps("cpu")).numpy()
     assert got.dtype == expected.dtype and got.shape == expected.shape
     if output == "labels":
         np.testing.assert_array_equal(got, expected)
@@ -247,3 +250,16 @@ def test_true_cuda_fp16_compiled_graphs_agree(package_2ch):
     with Segmenter(package_2ch, backend=backend, batch_size=4) as seg:
         got = seg.segment(volume, axes="CZYX")
     assert np.mean(got == expected) > 0.99
+
+
+def test_gpu_path_runs_blocks_like_one_pass(package_2ch):
+    """Blocks feed the same loop on the GPU path: equal, bit for bit, to the GPU path in one pass."""
+    volume = np.random.default_rng(10).integers(0, 4000, (2, 20, 45, 70), dtype=np.uint16)
+    with Segmenter(package_2ch, backend=CpuTensorBackend(package_2ch, device="cpu"), output="logits",
+                   batch_size=3, block="off") as seg:
+        expected = seg.segment(volume, axes="CZYX")
+    with Segmenter(package_2ch, backend=CpuTensorBackend(package_2ch, device="cpu"), output="logits",
+                   batch_size=3, block=(8, 24, 40)) as seg:
+        got = seg.segment(volume, axes="CZYX")
+        assert seg.last_summary.extra["blocks"] == 3 * 2 * 2
+    np.testing.assert_array_equal(got, expected)

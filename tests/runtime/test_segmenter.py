@@ -3,6 +3,12 @@ import pytest
 
 from tpem_seg import Segmenter, read_volume, write_volume
 from tpem_seg.errors import InputError
+from tpem_seg.io import Volume
+from tpem_seg.runtime.backends.ort_backend import OnnxRuntimeBackend
+from tpem_seg.runtime.engine import RunState, TileEngine
+from tpem_seg.runtime.normalize import fit_normalizer
+from tpem_seg.runtime.pipeline import make_plan
+from tpem_seg.runtime.settings import TileOptions
 from tpem_seg.runtime.resample import needs_resampling, resampled_shape
 
 
@@ -34,11 +40,19 @@ def test_probabilities_are_float16_class_first_and_sum_to_one(package_2ch, tmp_p
 def test_streaming_emits_slabs_in_order_with_bounded_window(package_2ch):
     volume = np.random.default_rng(3).random((2, 70, 32, 32), dtype=np.float32)
     slabs = []
-    with Segmenter(package_2ch, backend="onnxruntime", device="cpu", output="logits") as seg:
-        seg.backend.load()
-        seg._stitch(Volume4(volume), None, lambda block: slabs.append(block.shape[1]))
-    assert sum(slabs) == 70
-    assert len(slabs) > 3 and max(slabs) <= package_2ch.manifest.tile[0]
+    manifest = package_2ch.manifest
+    backend = OnnxRuntimeBackend(package_2ch, device="cpu")
+    backend.load()
+    engine = TileEngine(backend.infer, manifest.tile, 3, manifest.activation, TileOptions(), batch_size=2)
+    source = Volume(volume, "CZYX")
+    plan = make_plan(source.shape_zyx, manifest.tile, 0.25)
+    state = RunState()
+    engine.run(source, plan, fit_normalizer(source, manifest.normalization), None, "logits",
+               lambda first, block: slabs.append((first, block.shape[1])), state)
+    backend.close()
+    assert [first for first, _ in slabs] == list(np.cumsum([0] + [d for _, d in slabs[:-1]]))
+    assert sum(d for _, d in slabs) == 70 and state.tiles == plan.n_tiles
+    assert len(slabs) > 3 and max(d for _, d in slabs) <= manifest.tile[0]
 
 
 def test_tta_is_flip_invariant(package_2ch):
@@ -98,9 +112,3 @@ def _npy(tmp_path, array):
     path = tmp_path / "in.npy"
     np.save(path, array)
     return path
-
-
-def Volume4(array):
-    from tpem_seg import Volume
-
-    return Volume(array, "CZYX")

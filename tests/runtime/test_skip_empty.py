@@ -6,6 +6,7 @@ import pytest
 from tpem_seg import Segmenter
 from tpem_seg.errors import InputError
 from tpem_seg.runtime.backends.ort_backend import OnnxRuntimeBackend
+from tpem_seg.runtime.loop import background_logits
 from tpem_seg.runtime.pipeline import empty_tiles
 from tpem_seg.runtime.stitch import Stitcher
 from tpem_seg.runtime.tiling import gaussian_weights
@@ -80,9 +81,10 @@ def test_sigmoid_packages_get_negative_logits_everywhere(package_2ch):
 
     sigmoid = ModelPackage(package_2ch.path, replace(package_2ch.manifest, activation="sigmoid"))
     with Segmenter(sigmoid, backend="onnxruntime", device="cpu", output="labels", skip_empty=True) as seg:
-        assert seg._background_logits() == [-10.0, -10.0, -10.0]
         labels = seg.segment(np.zeros((2, 16, 32, 32), np.uint16), axes="CZYX")
     assert (labels == 0).all()
+    assert background_logits(3, "sigmoid") == [-10.0, -10.0, -10.0]
+    assert background_logits(3, "softmax") == [10.0, 0.0, 0.0]
 
 
 def test_skip_empty_needs_an_intensity_scale_and_a_sane_threshold(package_identity, package_2ch):

@@ -44,16 +44,17 @@ def test_pad_widths_split_like_monai():
 def test_stitcher_reassembles_constant_logits_and_bounds_memory():
     shape, tile = (50, 40, 40), (16, 32, 32)
     stitcher = Stitcher(2, shape, tile, gaussian_weights(tile))
-    assert stitcher._logits.shape == (2, 16, 40, 40)  # a window of tile_z planes, not the whole depth
+    assert stitcher.window_shape == (2, 16, 40, 40)  # a window of tile_z planes, not the whole depth
     z_rows = sorted({o[0] for o in plan_tiles(shape, tile, 0.25)})
     out = []
     for i, z in enumerate(z_rows):
         for origin in [o for o in plan_tiles(shape, tile, 0.25) if o[0] == z]:
             logits = np.stack([np.full(tile, 1.0), np.full(tile, -2.0)])[None].astype(np.float32)
             stitcher.add(logits, [origin])
-        finished = stitcher.advance(z_rows[i + 1] if i + 1 < len(z_rows) else shape[0])
+        finished = stitcher.advance_raw(z_rows[i + 1] if i + 1 < len(z_rows) else shape[0])
         if finished:
-            out.append(finished)
+            z0, sums, norm = finished
+            out.append((z0, sums / norm))
     assert [o[0] for o in out] == sorted(o[0] for o in out)
     full = np.concatenate([o[1] for o in out], axis=1)
     assert full.shape == (2, *shape)

@@ -54,6 +54,8 @@ def run(
     skip_empty: bool = typer.Option(False, "--skip-empty", help="give tiles without foreground background labels "
                                     "without running the network (see benchmarks/results/README_section.md)"),
     resample: bool = typer.Option(True, "--resample/--no-resample", help="resample to the model's voxel size"),
+    block: str = typer.Option("auto", help="block core Z,Y,X in voxels (memory set by the block, same output), "
+                              "auto (blocks for planes wider than 1024 or resampled input) or off"),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
                                             help="progress bars [default: when stderr is a terminal]"),
     name_template: Optional[str] = typer.Option(None, help="output name in an -o folder, {name} = input stem "
@@ -94,7 +96,8 @@ def run(
     with Segmenter(package, backend=chosen,
                    output="probabilities" if probabilities else "labels", channels=channel_list,
                    resample=resample, progress=sys.stderr.isatty() if progress is None else progress,
-                   overlap=overlap, batch_size=batch_size, tta=tta, skip_empty=skip_empty) as segmenter:
+                   overlap=overlap, batch_size=batch_size, tta=tta, skip_empty=skip_empty,
+                   block=block) as segmenter:
         manifest, package_sha = segmenter.package.manifest, sha256_file(segmenter.package.path / "manifest.json")
         try:
             for src, dst in jobs:

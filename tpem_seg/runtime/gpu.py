@@ -18,10 +18,11 @@ So the host sends normalised float32 tiles and receives only uint8 labels (or fl
 probabilities); the network never waits for a copy. The batch size, unless given, comes from the
 free GPU memory and the memory one tile needs (measured with one tile).
 
-GPU-independent parts run on the CPU too and are tested there: :class:`TorchStitcher` with
-``device="cpu"`` equals the numpy :class:`~tpem_seg.runtime.stitch.Stitcher`, :func:`finish_tensor`
-equals :func:`~tpem_seg.runtime.stitch.finish_sums`, and :class:`OomBackoff` takes any
-out-of-memory predicate.
+The stitching itself is the runtime's one stitch loop (:func:`~tpem_seg.runtime.loop.stitch_loop`)
+over torch operations (:class:`~tpem_seg.runtime.arrays_torch.TorchOps`); this module is only the
+transport that feeds it. The GPU-independent parts run on the CPU too and are tested there (the
+whole run with ``device="cpu"`` equals the numpy path; :class:`OomBackoff` takes any
+out-of-memory predicate).
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from tpem_seg.runtime.pipeline import RowDone, TileBatch, TilePlan, iter_tiles, prefetch
+from tpem_seg.runtime.arrays_torch import TorchOps
+from tpem_seg.runtime.loop import LoopCounters, stitch_loop, with_flips
+from tpem_seg.runtime.outputs import OutputHead
+from tpem_seg.runtime.pipeline import RowDone, TileBatch, iter_tiles, prefetch
+from tpem_seg.runtime.stitch import Stitcher
 
 log = logging.getLogger(__name__)
 
@@ -44,97 +49,6 @@ PREFETCH_DEPTH = 2
 MAX_AUTO_BATCH = 16
 #: Fraction of the free GPU memory the automatic batch size may plan to use.
 MEMORY_HEADROOM = 0.8
-
-
-class TorchStitcher:
-    """Torch-tensor twin of :class:`~tpem_seg.runtime.stitch.Stitcher`, accumulating on ``device``.
-
-    Same contract: tiles in z-major order, a window of ``tile_z`` planes over the padded grid
-    ``shape (Z, Y, X)``, :meth:`advance` finishing the planes no later tile touches. Logits may be
-    torch tensors or numpy arrays ``(N, K, D, H, W)``.
-    """
-
-    def __init__(self, n_classes: int, shape: Sequence[int], tile: Sequence[int], weights,
-                 device: str | torch.device = "cpu"):
-        self.shape = tuple(int(s) for s in shape)
-        self.tile = tuple(int(t) for t in tile)
-        self.device = torch.device(device)
-        self.weights = torch.as_tensor(np.asarray(weights, dtype=np.float32)).to(self.device)
-        zt, y, x = self.tile[0], self.shape[1], self.shape[2]
-        self._logits = torch.zeros((n_classes, zt, y, x), dtype=torch.float32, device=self.device)
-        self._norm = torch.zeros((zt, y, x), dtype=torch.float32, device=self.device)
-        self._base = 0
-
-    def add(self, logits, origins: Sequence[tuple[int, int, int]]) -> None:
-        """Add tile logits ``(N, K, D, H, W)`` at tile ``origins`` (z, y, x)."""
-        logits = torch.as_tensor(logits, device=self.device)
-        for tile_logits, origin in zip(logits, origins):
-            logits_view, norm_view = self._views(origin)
-            logits_view.addcmul_(tile_logits, self.weights)
-            norm_view += self.weights
-
-    def add_constant(self, values: Sequence[float], origins: Sequence[tuple[int, int, int]]) -> None:
-        """Add tiles whose logits are ``values[k]`` for class ``k`` everywhere (skipped empty tiles)."""
-        for origin in origins:
-            logits_view, norm_view = self._views(origin)
-            for k, value in enumerate(values):
-                if value != 0.0:
-                    logits_view[k].add_(self.weights, alpha=float(value))
-            norm_view += self.weights
-
-    def _views(self, origin: tuple[int, int, int]):
-        d, h, w = self.tile
-        z, y, x = origin
-        dz = z - self._base
-        if not 0 <= dz <= self._logits.shape[1] - d:
-            raise ValueError(f"tile at z={z} lies outside the stitch window starting at {self._base}")
-        return self._logits[:, dz:dz + d, y:y + h, x:x + w], self._norm[dz:dz + d, y:y + h, x:x + w]
-
-    def advance(self, next_z: int):
-        """Finish planes ``[base, next_z)``: ``(z0, logits (K, dz, Y, X) tensor)``, or None."""
-        raw = self.advance_raw(next_z)
-        if raw is None:
-            return None
-        z0, sums, norm = raw
-        return z0, sums / norm
-
-    def advance_raw(self, next_z: int):
-        """``(z0, weighted sums (K, dz, Y, X), weight sums (dz, Y, X))`` of the finished planes, or None."""
-        n_window = min(next_z, self.shape[0]) - self._base
-        if n_window <= 0:
-            return None
-        if n_window > self._logits.shape[1]:
-            raise ValueError(f"cannot finish {n_window} planes with a window of {self._logits.shape[1]}")
-        sums = self._logits[:, :n_window].clone()
-        norm = self._norm[:n_window].clone()
-        keep = self._logits.shape[1] - n_window
-        if keep:
-            # torch does not promise overlapping copies: go through a temporary (keep planes only).
-            self._logits[:, :keep] = self._logits[:, n_window:].clone()
-            self._norm[:keep] = self._norm[n_window:].clone()
-        self._logits[:, keep:] = 0.0
-        self._norm[keep:] = 0.0
-        z0, self._base = self._base, self._base + n_window
-        return z0, sums, norm
-
-
-def finish_tensor(sums: torch.Tensor, norm: torch.Tensor, activation: str, output: str) -> torch.Tensor:
-    """Output block from weighted sums, on their device (as :func:`~tpem_seg.runtime.stitch.finish_sums`).
-
-    labels ``(dz, Y, X)`` uint8 (argmax of the sums: the positive weight sum changes no class
-    order and no sign); probabilities ``(K, dz, Y, X)`` float16; logits ``(K, dz, Y, X)`` float32.
-    """
-    if output == "labels":
-        best = sums.argmax(dim=0)
-        if activation == "sigmoid":
-            on = torch.gather(sums, 0, best[None])[0] > 0
-            return torch.where(on, best + 1, torch.zeros_like(best)).to(torch.uint8)
-        return best.to(torch.uint8)
-    logits = sums / norm
-    if output == "logits":
-        return logits
-    probabilities = torch.sigmoid(logits) if activation == "sigmoid" else torch.softmax(logits, dim=0)
-    return probabilities.to(torch.float16)
 
 
 # -- batch size and out-of-memory ------------------------------------------------------------------
@@ -294,119 +208,92 @@ class _DeferredOutputs:
     """Device-to-host copies of finished blocks into pinned memory, handed to ``emit`` one block late,
     so the copy overlaps the next slab's compute instead of stalling the stream."""
 
-    def __init__(self, emit: Callable[[np.ndarray], None], device: _Device):
+    def __init__(self, emit: Callable[[int, np.ndarray], None], device: _Device):
         self._emit = emit
         self._device = device
-        self._pending: tuple[torch.Tensor, object] | None = None
+        self._pending: tuple[int, torch.Tensor, object] | None = None
 
-    def submit(self, block: torch.Tensor) -> None:
+    def submit(self, first: int, block: torch.Tensor) -> None:
         host = self._device.pinned(block.shape, block.dtype)
         host.copy_(block, non_blocking=self._device.cuda)
         event = self._device.event()
         self._device.record(event)
         self.flush()
-        self._pending = (host, event)
+        self._pending = (first, host, event)
 
     def flush(self) -> None:
         if self._pending is not None:
-            host, event = self._pending
+            first, host, event = self._pending
             self._pending = None
             event.synchronize()
-            self._emit(host.numpy())
+            self._emit(first, host.numpy())
 
 
 class GpuStitchRun:
-    """One volume through the GPU path (see the module docstring).
+    """One volume (or block) through the GPU path (see the module docstring).
 
     Args:
         backend: a loaded backend with ``infer_tensor(x) -> logits`` on its device (CUDA; a CPU
             device runs the same steps synchronously, for tests).
-        plan: the tile plan; weights: Gaussian blending weights ``(D, H, W)``.
-        n_classes, activation, output: as in the package manifest and the Segmenter.
-        options: the Segmenter's :class:`~tpem_seg.runtime.segmenter.TileOptions`.
+        plan: the tile plan (a :class:`~tpem_seg.runtime.pipeline.TilePlan` or a block's part of one);
+            weights: Gaussian blending weights ``(D, H, W)``.
+        n_classes: network outputs per voxel; head: what the run hands out.
+        options: the run's :class:`~tpem_seg.runtime.settings.TileOptions`.
         background: per-class logits for skipped empty tiles.
+        chosen_batch: the batch size an earlier part of the same run settled on (the blocks after the
+            first), so it is measured once per run; None: ``options.batch_size``, else measured.
         is_oom: which exceptions mean out-of-memory (default :func:`is_cuda_oom`; tests inject fakes).
     """
 
-    def __init__(self, backend, plan: TilePlan, weights: np.ndarray, n_classes: int, activation: str,
-                 output: str, options, background: Sequence[float],
+    def __init__(self, backend, plan, weights: np.ndarray, n_classes: int, head: OutputHead, options,
+                 background: Sequence[float], chosen_batch: int | None = None,
                  is_oom: Callable[[BaseException], bool] = is_cuda_oom):
         self.backend = backend
         self.plan = plan
         self.weights = weights
         self.n_classes = n_classes
-        self.activation = activation
-        self.output = output
+        self.head = head
         self.options = options
         self.background = list(background)
         self.device = torch.device(backend.device)
+        self.ops = TorchOps(self.device)
         self.is_oom = is_oom
-        self.skipped = 0
+        self.chosen_batch = chosen_batch
+        self.forward = with_flips(backend.infer_tensor, self.ops) if options.tta else backend.infer_tensor
         self.batch_size: int | None = None
         self.backoff: OomBackoff | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits for tiles on the GPU; with TTA the mean over the 8 flips, each flipped back."""
-        from tpem_seg.runtime.segmenter import TTA_FLIPS
-
-        if not self.options.tta:
-            return self.backend.infer_tensor(x)
-        total = None
-        for dims in TTA_FLIPS:
-            logits = self.backend.infer_tensor(torch.flip(x, dims) if dims else x)
-            logits = torch.flip(logits, dims) if dims else logits
-            total = logits if total is None else total + logits
-        return total / len(TTA_FLIPS)
-
-    def run(self, volume, normalizer, channels: Sequence[int] | None, emit: Callable[[np.ndarray], None],
-            progress: Callable[[int], None] = lambda n: None) -> None:
-        """Segment ``volume``; ``emit`` receives the output of each finished z-slab, in z order (numpy)."""
+    def run(self, volume, normalizer, channels: Sequence[int] | None, emit: Callable[[int, np.ndarray], None],
+            progress: Callable[[int], None] = lambda n: None) -> LoopCounters:
+        """Segment ``volume``; ``emit(first_plane, block)`` receives each finished slab's output (numpy), in z order."""
         plan = self.plan
         device = _Device(self.device)
         in_channels = len(channels) if channels is not None else volume.n_channels
         with device.context(), torch.inference_mode():
-            self.batch_size = self.options.batch_size or self._auto_batch_size(in_channels)
+            self.batch_size = self.options.batch_size or self.chosen_batch or self._auto_batch_size(in_channels)
             self.backoff = OomBackoff(self.batch_size, is_oom=self.is_oom)
             slots = [self._slot(device, in_channels) for _ in range(PREFETCH_DEPTH + 2)]
-            stitcher = TorchStitcher(self.n_classes, plan.padded, plan.tile, self.weights, self.device)
+            stitcher = Stitcher(self.n_classes, plan.padded, plan.tile, self.weights, self.ops)
             outputs = _DeferredOutputs(emit, device)
-            threshold = self.options.empty_threshold if self.options.skip_empty else None
-            tiles = iter_tiles(volume, plan, normalizer, channels, self.batch_size, threshold)
-            for item in prefetch(_upload(tiles, slots, device, device.stream()), depth=PREFETCH_DEPTH):
-                if isinstance(item, _DeviceBatch):
-                    self._add(stitcher, item, device)
-                    progress(len(item.origins))
-                else:
-                    self._finish_row(stitcher, item.next_z, outputs)
+            tiles = iter_tiles(volume, plan, normalizer, channels, self.batch_size, self.options.screen_threshold)
+            items = prefetch(_upload(tiles, slots, device, device.stream()), depth=PREFETCH_DEPTH)
+            counters = stitch_loop(items, plan, stitcher, lambda batch: self._predict(batch, device), self.head,
+                                   self.background, outputs.submit, progress)
             outputs.flush()
             device.synchronize()
         log.info("gpu path: %d tiles per call%s", self.backoff.batch_size,
                  f" (halved {self.backoff.halvings}x on out-of-memory)" if self.backoff.halvings else "")
+        return counters
 
-    def _add(self, stitcher: TorchStitcher, batch: _DeviceBatch, device: _Device) -> None:
-        empty = batch.empty if batch.empty is not None else np.zeros(len(batch.origins), dtype=bool)
-        if batch.n:
-            device.wait(batch.slot.ready)
-            logits = self.backoff(self.forward, batch.slot.device[:batch.n])
+    def _predict(self, batch: _DeviceBatch, device: _Device) -> torch.Tensor | None:
+        """Logits of the batch's non-empty tiles (halving on out-of-memory); frees its slot either way."""
+        if not batch.n:
             device.record(batch.slot.free)
-            full = [o for o, e in zip(batch.origins, empty) if not e]
-            stitcher.add(torch.cat(logits) if len(logits) > 1 else logits[0], full)
-        else:
-            device.record(batch.slot.free)
-        skipped = [o for o, e in zip(batch.origins, empty) if e]
-        if skipped:
-            stitcher.add_constant(self.background, skipped)
-            self.skipped += len(skipped)
-
-    def _finish_row(self, stitcher: TorchStitcher, next_z: int, outputs: _DeferredOutputs) -> None:
-        finished = stitcher.advance_raw(next_z)
-        if finished is None:
-            return
-        z0, sums, norm = finished
-        part = self.plan.volume_part(z0, sums.shape[1])
-        if part is not None:
-            crop = part[1]
-            outputs.submit(finish_tensor(sums[(slice(None), *crop)], norm[crop], self.activation, self.output))
+            return None
+        device.wait(batch.slot.ready)
+        logits = self.backoff(self.forward, batch.slot.device[:batch.n])
+        device.record(batch.slot.free)
+        return torch.cat(logits) if len(logits) > 1 else logits[0]
 
     def _slot(self, device: _Device, in_channels: int) -> _Slot:
         shape = (self.batch_size, in_channels, *self.plan.tile)
@@ -415,7 +302,7 @@ class GpuStitchRun:
 
     def _auto_batch_size(self, in_channels: int) -> int:
         """Tiles per call from the free GPU memory and one tile's measured need (a warm-up call, too)."""
-        if getattr(self.backend, "static_batch", None) or self.device.type != "cuda":
+        if self.backend.static_batch or self.device.type != "cuda":
             return self.backend.default_batch_size()
         voxels = int(np.prod(self.plan.tile))
         sample = torch.zeros((1, in_channels, *self.plan.tile), device=self.device)

@@ -1,42 +1,79 @@
-"""From stitched logits to what users get: probabilities or uint8 class labels."""
+"""The output head: from stitched logits to what users get, for numpy arrays or torch tensors.
+
+One place holds the rule that turns network outputs into labels and probabilities (softmax: the
+most probable class; sigmoid: independent foreground channels and no background channel, so
+``1 + argmax`` where that channel is on, else 0). The array operations (``ops``) are
+:data:`~tpem_seg.runtime.arrays.NUMPY` or :class:`~tpem_seg.runtime.arrays_torch.TorchOps`.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+from tpem_seg.runtime.arrays import NUMPY
 
 #: labels: uint8 class indices; probabilities: float16, class axis first; logits: float32 blended
 #: network outputs, class axis first (for embedding, e.g. ensembles or custom post-processing).
 OUTPUTS = ("labels", "probabilities", "logits")
+ACTIVATIONS = ("softmax", "sigmoid")
+
+
+@dataclass(frozen=True)
+class OutputHead:
+    """What a run hands out (``output``, one of :data:`OUTPUTS`) under the network's ``activation``."""
+
+    activation: str
+    output: str = "labels"
+
+    def __post_init__(self) -> None:
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output {self.output!r} must be one of {OUTPUTS}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r} must be one of {ACTIVATIONS}")
+
+    def from_sums(self, sums, norm, ops=NUMPY):
+        """The output block from a finished slab's weighted sums ``(K, dz, Y, X)`` and weight sums ``(dz, Y, X)``.
+
+        Labels come straight from the sums: dividing by the positive weight sum changes neither the
+        class order (softmax) nor the sign of a logit (sigmoid, on where the logit > 0, i.e. the
+        probability > 0.5), so neither the division nor the activation is computed. Otherwise
+        ``sums`` is consumed (divided in place on numpy).
+        """
+        if self.output == "labels":
+            return self.labels(sums, threshold=0.0, ops=ops)
+        return self.from_logits(ops.divide_(sums, norm), ops)
+
+    def from_logits(self, logits, ops=NUMPY):
+        """The output block from blended logits ``(K, ...)``: labels ``(...)`` uint8, probabilities
+        ``(K, ...)`` float16 or the logits as float32."""
+        if self.output == "logits":
+            return ops.to_float32(logits)
+        probabilities = self.probabilities(logits, ops)
+        if self.output == "probabilities":
+            return ops.to_float16(probabilities)
+        return self.labels(probabilities, threshold=0.5, ops=ops)
+
+    def probabilities(self, logits, ops=NUMPY):
+        """Class probabilities ``(K, ...)`` float32 from logits ``(K, ...)``."""
+        return ops.sigmoid(logits) if self.activation == "sigmoid" else ops.softmax(logits)
+
+    def labels(self, scores, threshold: float, ops=NUMPY):
+        """``uint8`` class indices ``(...)`` from class scores ``(K, ...)`` (logits, or their sums with
+        ``threshold`` 0; probabilities with 0.5), by the rule in the module docstring."""
+        best = ops.argmax(scores)
+        if self.activation == "sigmoid":
+            on = ops.take(scores, best) > threshold
+            best = ops.where(on, best + 1, 0)
+        return ops.to_uint8(best)
 
 
 def to_probabilities(logits: np.ndarray, activation: str) -> np.ndarray:
-    """Class probabilities ``(K, ...)`` float32 from logits ``(K, ...)``, class axis first."""
-    if activation == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-logits))
-    shifted = logits - logits.max(axis=0, keepdims=True)
-    np.exp(shifted, out=shifted)
-    shifted /= shifted.sum(axis=0, keepdims=True)
-    return shifted
+    """Class probabilities ``(K, ...)`` from numpy logits ``(K, ...)``, class axis first."""
+    return OutputHead(activation).probabilities(logits)
 
 
 def to_labels(probabilities: np.ndarray, activation: str) -> np.ndarray:
-    """``uint8`` class indices ``(...)`` from probabilities ``(K, ...)``.
-
-    Softmax: the most probable class. Sigmoid (independent foreground channels,
-    no background channel): ``1 + argmax`` where that channel exceeds 0.5, else 0.
-    """
-    if activation == "sigmoid":
-        best = probabilities.argmax(axis=0)
-        on = np.take_along_axis(probabilities, best[None], axis=0)[0] > 0.5
-        return np.where(on, best + 1, 0).astype(np.uint8)
-    return probabilities.argmax(axis=0).astype(np.uint8)
-
-
-def finish(logits: np.ndarray, activation: str, output: str) -> np.ndarray:
-    """Final output block: labels ``(dz, Y, X)`` uint8, probabilities ``(K, dz, Y, X)`` float16, or logits."""
-    if output == "logits":
-        return logits.astype(np.float32, copy=False)
-    probabilities = to_probabilities(logits, activation)
-    if output == "probabilities":
-        return probabilities.astype(np.float16)
-    return to_labels(probabilities, activation)
+    """``uint8`` class indices ``(...)`` from numpy probabilities ``(K, ...)``."""
+    return OutputHead(activation).labels(probabilities, threshold=0.5)

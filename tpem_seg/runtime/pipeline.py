@@ -15,12 +15,15 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
+from tpem_seg.io.volume import KNOWN_AXES
 from tpem_seg.runtime.normalize import Normalizer
 from tpem_seg.runtime.tiling import pad_widths, scan_starts
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: A box of voxels: ``(lo, hi)`` per axis (z, y, x).
+Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 _DONE = object()
 
 
@@ -46,7 +49,7 @@ class TilePlan:
     def n_tiles(self) -> int:
         return len(self.z_starts) * len(self.yx_origins)
 
-    def volume_part(self, z0: int, depth: int) -> tuple[int, tuple[slice, slice, slice]] | None:
+    def output_part(self, z0: int, depth: int) -> tuple[int, tuple[slice, slice, slice]] | None:
         """The part of a finished slab (padded planes ``z0 .. z0 + depth``) that lies in the volume:
         ``(first volume plane, (z, y, x) slices into the slab)``, or None when it is all padding."""
         (pz, _), (py, _), (px, _) = self.pads
@@ -54,6 +57,24 @@ class TilePlan:
         if hi <= lo:
             return None
         return lo - pz, (slice(lo - z0, hi - z0), slice(py, py + self.shape[1]), slice(px, px + self.shape[2]))
+
+    def row_batches(self, batch_size: int) -> list[tuple[tuple[tuple[int, int], ...], int]]:
+        """The (y, x) origins of each network call in a row, and the call's size: chunks of ``batch_size``."""
+        chunks = [self.yx_origins[i:i + batch_size] for i in range(0, len(self.yx_origins), batch_size)]
+        return [(chunk, len(chunk)) for chunk in chunks]
+
+    def read_slab(self, volume, z: int, normalizer: Normalizer, channels: Sequence[int] | None) -> np.ndarray:
+        """Normalised slab ``(C, tile_z, Yp, Xp)`` float32 for padded planes ``[z, z + tile_z)``.
+
+        Padding voxels are zero after normalisation (as MONAI pads its input).
+        """
+        (pz, _), (py, _), (px, _) = self.pads
+        z0, z1 = max(z - pz, 0), min(z - pz + self.tile[0], self.shape[0])
+        block = normalizer(volume.read_czyx(z0, z1, channels))
+        slab = np.zeros((block.shape[0], self.tile[0], *self.padded[1:]), dtype=np.float32)
+        dz = z0 - (z - pz)
+        slab[:, dz:dz + block.shape[1], py:py + self.shape[1], px:px + self.shape[2]] = block
+        return slab
 
 
 def make_plan(shape: Sequence[int], tile: Sequence[int], overlap: float) -> TilePlan:
@@ -69,6 +90,9 @@ def make_plan(shape: Sequence[int], tile: Sequence[int], overlap: float) -> Tile
 @dataclass
 class TileBatch:
     """Normalised tiles ``(N, C, D, H, W)`` float32 and their padded-grid origins (z, y, x).
+
+    ``tiles`` may hold zero tiles after the ``len(origins)`` real ones: in a block they fill the
+    network call to the size it has in one pass (see :func:`iter_tiles`).
 
     ``empty``: per tile, whether it shows no foreground (:func:`empty_tiles`); None when
     empty tiles are not being looked for.
@@ -86,33 +110,44 @@ class RowDone:
     next_z: int
 
 
-def read_padded_slab(volume, plan: TilePlan, z: int, normalizer: Normalizer,
-                     channels: Sequence[int] | None) -> np.ndarray:
-    """Normalised slab ``(C, tile_z, Yp, Xp)`` float32 for padded planes ``[z, z + tile_z)``.
+def read_box(volume, box: Box, channels: Sequence[int] | None = None) -> np.ndarray:
+    """Voxels ``box`` (``(lo, hi)`` per axis z, y, x) of ``volume`` as ``(C, dz, dy, dx)``, file dtype.
 
-    Padding voxels are zero after normalisation (as MONAI pads its input).
+    A volume with its own ``read_box`` (e.g. :class:`~tpem_seg.runtime.resample.ResampledVolume`)
+    computes it; a :class:`~tpem_seg.io.Volume` is sliced, so only the box is read (memmap, zarr,
+    TIFF by plane).
     """
-    (pz, _), (py, _), (px, _) = plan.pads
-    z0, z1 = max(z - pz, 0), min(z - pz + plan.tile[0], plan.shape[0])
-    block = normalizer(volume.read_czyx(z0, z1, channels))
-    slab = np.zeros((block.shape[0], plan.tile[0], *plan.padded[1:]), dtype=np.float32)
-    dz = z0 - (z - pz)
-    slab[:, dz:dz + block.shape[1], py:py + plan.shape[1], px:px + plan.shape[2]] = block
-    return slab
+    own = getattr(volume, "read_box", None)
+    if own is not None:
+        return own(box, channels)
+    spans = dict(zip("ZYX", box))
+    index = tuple(slice(*spans[a]) if a in spans else slice(None) for a in volume.axes)
+    data = np.asarray(volume.data[index])
+    data = np.transpose(data, [volume.axes.index(a) for a in KNOWN_AXES if a in volume.axes])
+    if "C" not in volume.axes:
+        data = data[np.newaxis]
+    return data if channels is None else data[list(channels)]
 
 
 def iter_tiles(volume, plan: TilePlan, normalizer: Normalizer, channels: Sequence[int] | None,
                batch_size: int, empty_threshold: float | None = None) -> Iterator[TileBatch | RowDone]:
     """Batches of tiles row by row, each row followed by a :class:`RowDone`.
 
-    With ``empty_threshold``, each batch says which of its tiles are empty (see :func:`empty_tiles`).
+    ``plan`` is a :class:`TilePlan` or a block's part of one (:class:`~tpem_seg.runtime.blocks.BlockPlan`):
+    anything with ``tile``, ``z_starts``, ``padded``, ``read_slab`` and ``row_batches``. A batch
+    holds as many tiles as the network call that the whole-volume plan makes for them: a block
+    fills a call it shares with tiles outside it with zero tiles (after its own, past ``origins``),
+    because backends round differently at different batch sizes. With ``empty_threshold``, each
+    batch says which of its tiles are empty (see :func:`empty_tiles`); calls are then not filled.
     """
     d, h, w = plan.tile
     for i, z in enumerate(plan.z_starts):
-        slab = read_padded_slab(volume, plan, z, normalizer, channels)
-        for start in range(0, len(plan.yx_origins), batch_size):
-            origins = plan.yx_origins[start:start + batch_size]
-            tiles = np.stack([slab[:, :, y:y + h, x:x + w] for y, x in origins])
+        slab = plan.read_slab(volume, z, normalizer, channels)
+        for origins, call_size in plan.row_batches(batch_size):
+            n = len(origins) if empty_threshold is not None else call_size
+            tiles = np.zeros((n, slab.shape[0], d, h, w), dtype=np.float32)
+            for j, (y, x) in enumerate(origins):
+                tiles[j] = slab[:, :, y:y + h, x:x + w]
             empty = None if empty_threshold is None else empty_tiles(tiles, empty_threshold)
             yield TileBatch(tiles, [(z, y, x) for y, x in origins], empty)
         next_z = plan.z_starts[i + 1] if i + 1 < len(plan.z_starts) else plan.padded[0]

@@ -1,19 +1,24 @@
-"""Bring a volume to the model's voxel size and the logits back (linear interpolation).
+"""Bring a volume to the model's voxel size and the logits back (linear interpolation), streaming.
 
-This path holds the whole volume in memory; the streaming path is used
-whenever the voxel sizes already match (or resampling is switched off).
+Linear interpolation is local: an output voxel needs the two input voxels around it per axis. So
+both directions work on boxes (blocks) with a one-voxel halo, never on the whole volume. The grid
+is scipy's ``ndimage.zoom(order=1, grid_mode=False)`` one (corners aligned: output index ``o`` sits
+at input coordinate ``o * (n_in - 1) / (n_out - 1)``), computed in float64 like scipy.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
 
-from tpem_seg.io import Volume
+from tpem_seg.runtime.pipeline import read_box
 
 #: Relative voxel-size difference below which no resampling is done.
 TOLERANCE = 0.05
+
+Box = tuple[tuple[int, int], ...]
 
 
 def needs_resampling(spacing: Sequence[float] | None, target: Sequence[float] | None,
@@ -27,25 +32,87 @@ def resampled_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequ
     return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
 
 
-def _zoom_to(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Linear zoom of a 3D array to exactly ``shape`` (corners aligned)."""
-    from scipy import ndimage  # here, not at the top: `import tpem_seg.cli` must not pay for scipy
+def _scale(n_in: int, n_out: int) -> float:
+    """Input coordinate step per output voxel (corners aligned; 1 for a single output voxel, as scipy)."""
+    return (n_in - 1) / (n_out - 1) if n_out > 1 else 1.0
 
-    factors = [n / o for n, o in zip(shape, array.shape)]
-    out = ndimage.zoom(array, factors, order=1, mode="nearest", grid_mode=False)
-    if out.shape != tuple(shape):  # zoom rounds; the aligned-corner grid allows a safe crop/pad
-        pad = [(0, max(n - o, 0)) for n, o in zip(shape, out.shape)]
-        out = np.pad(out, pad, mode="edge")[tuple(slice(0, n) for n in shape)]
+
+def source_span(lo: int, hi: int, n_in: int, n_out: int) -> tuple[int, int]:
+    """Input voxels ``[a, b)`` that output voxels ``[lo, hi)`` interpolate from (the one-voxel halo)."""
+    scale = _scale(n_in, n_out)
+    a = min(int(math.floor(lo * scale)), n_in - 1)
+    b = min(int(math.floor((hi - 1) * scale)) + 2, n_in)
+    return a, max(b, a + 1)
+
+
+def source_box(box: Box, shape_in: Sequence[int], shape_out: Sequence[int]) -> Box:
+    return tuple(source_span(lo, hi, n, m) for (lo, hi), n, m in zip(box, shape_in, shape_out))
+
+
+#: Output voxels (times channels) interpolated at once: bounds the float64 temporaries (~32 MB each).
+CHUNK_VOXELS = 4_000_000
+
+
+def interpolate(data: np.ndarray, origin: Sequence[int], box: Box, shape_in: Sequence[int],
+                shape_out: Sequence[int]) -> np.ndarray:
+    """Output voxels ``box`` (of a grid ``shape_out``) from ``data (C, dz, dy, dx)``, the input voxels of
+    a grid ``shape_in`` starting at ``origin`` (it must hold :func:`source_box`). float32 ``(C, ...)``.
+
+    Works through ``box`` a few planes at a time (each voxel's value does not depend on the split).
+    """
+    (z0, z1), rest = box[0], tuple(box[1:])
+    plane = data.shape[0] * (rest[0][1] - rest[0][0]) * (rest[1][1] - rest[1][0])
+    step = max(1, CHUNK_VOXELS // max(plane, 1))
+    out = np.empty((data.shape[0], z1 - z0, *(hi - lo for lo, hi in rest)), dtype=np.float32)
+    for a in range(z0, z1, step):
+        b = min(a + step, z1)
+        sa, sb = source_span(a, b, shape_in[0], shape_out[0])
+        part = data[:, sa - origin[0]:sb - origin[0]]
+        out[:, a - z0:b - z0] = _interpolate(part, (sa, *origin[1:]), ((a, b), *rest), shape_in, shape_out)
     return out
 
 
-def resample_volume(volume: Volume, target: Sequence[float], channels: Sequence[int] | None) -> Volume:
-    """The volume ``(C, Z', Y', X')`` float32 at voxel size ``target`` (µm), channels selected."""
-    data = volume.read_czyx(channels=channels).astype(np.float32)
-    shape = resampled_shape(volume.shape_zyx, volume.spacing, target)
-    return Volume(np.stack([_zoom_to(c, shape) for c in data]), "CZYX", tuple(target), volume.channel_names)
+def _interpolate(data: np.ndarray, origin: Sequence[int], box: Box, shape_in: Sequence[int],
+                 shape_out: Sequence[int]) -> np.ndarray:
+    out = np.asarray(data, dtype=np.float64)
+    for axis, ((lo, hi), start, n_in, n_out) in enumerate(zip(box, origin, shape_in, shape_out), start=1):
+        coords = np.arange(lo, hi, dtype=np.float64) * _scale(n_in, n_out)
+        below = np.minimum(np.floor(coords).astype(np.intp), n_in - 1)
+        above = np.minimum(below + 1, n_in - 1)
+        frac = coords - below
+        shape = [1] * out.ndim
+        shape[axis] = len(coords)
+        frac = frac.reshape(shape)
+        out = np.take(out, below - start, axis=axis) * (1.0 - frac) + np.take(out, above - start, axis=axis) * frac
+    return out.astype(np.float32)
 
 
-def resample_logits(logits: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Logits ``(K, Z', Y', X')`` zoomed back to the input's spatial ``shape``."""
-    return np.stack([_zoom_to(k, shape) for k in logits])
+class ResampledVolume:
+    """A volume seen at another voxel size, computed box by box on read (nothing is held).
+
+    ``shape_zyx`` is :func:`resampled_shape`; it offers what the runtime reads volumes through
+    (``read_czyx``, ``read_box``, ``n_channels``, ``shape_zyx``, ``spacing``), in float32, with
+    ``channels`` of the source selected once.
+    """
+
+    axes = "CZYX"
+
+    def __init__(self, source, target: Sequence[float], channels: Sequence[int] | None = None):
+        self.source = source
+        self.channels = None if channels is None else list(channels)
+        self.spacing = tuple(float(t) for t in target)
+        self.shape_zyx = resampled_shape(source.shape_zyx, source.spacing, target)
+        self.n_channels = len(self.channels) if self.channels is not None else source.n_channels
+        self.channel_names = source.channel_names
+
+    def read_box(self, box: Box, channels: Sequence[int] | None = None) -> np.ndarray:
+        """Voxels ``box`` (``(lo, hi)`` per axis z, y, x of this grid) as ``(C, dz, dy, dx)`` float32."""
+        src = source_box(box, self.source.shape_zyx, self.shape_zyx)
+        data = read_box(self.source, src, self.channels).astype(np.float32)
+        out = interpolate(data, [a for a, _ in src], box, self.source.shape_zyx, self.shape_zyx)
+        return out if channels is None else out[list(channels)]
+
+    def read_czyx(self, z0: int = 0, z1: int | None = None, channels: Sequence[int] | None = None) -> np.ndarray:
+        z1 = self.shape_zyx[0] if z1 is None else z1
+        return self.read_box(((z0, z1), (0, self.shape_zyx[1]), (0, self.shape_zyx[2])), channels)
+

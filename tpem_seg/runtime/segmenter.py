@@ -1,7 +1,8 @@
 """Segmenter: a model package, a backend and tile settings; volumes in, labels out.
 
-``segment`` works on arrays, ``segment_file`` streams a file to a file with
-memory bounded by a z-slab. The CLI calls exactly these.
+``segment`` works on arrays, ``segment_file`` streams a file to a file with memory bounded by a
+z-slab, or by a block (:mod:`~tpem_seg.runtime.blocks`) where planes are wide or the volume is
+resampled. The CLI calls exactly these.
 """
 
 from __future__ import annotations
@@ -14,62 +15,21 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from tpem_seg.errors import InputError
 from tpem_seg.io import Volume, open_writer, read_volume
 from tpem_seg.models.package import ModelPackage, open_package
 from tpem_seg.runtime.backends import Backend, create_backend
+from tpem_seg.runtime.blocks import BLOCK_YX, default_block, run_blocks
+from tpem_seg.runtime.engine import RunState, TileEngine
 from tpem_seg.runtime.normalize import fit_normalizer
-from tpem_seg.runtime.outputs import OUTPUTS, finish
-from tpem_seg.runtime.pipeline import BackgroundWriter, RowDone, TileBatch, iter_tiles, make_plan, prefetch
-from tpem_seg.runtime.resample import needs_resampling, resample_logits, resample_volume
-from tpem_seg.runtime.stitch import Stitcher, finish_sums
-from tpem_seg.runtime.tiling import gaussian_weights
+from tpem_seg.runtime.pipeline import BackgroundWriter, make_plan
+from tpem_seg.runtime.resample import ResampledVolume, needs_resampling
+from tpem_seg.runtime.settings import RunSettings, TileOptions
 
 log = logging.getLogger(__name__)
 
-#: Flip combinations over the spatial axes of a (N, C, D, H, W) batch (nnU-Net's mirroring).
-TTA_FLIPS = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
-
-#: Logit margin given to background on skipped (empty) tiles: softmax puts 1 - 2e-4 on background
-#: for 3 classes (sigmoid: every foreground channel at -10, probability 4.5e-5).
-EMPTY_LOGIT = 10.0
-
-
-@dataclass(frozen=True)
-class TileOptions:
-    """How tiles are laid and blended.
-
-    overlap: fraction of a tile shared with its neighbour, per axis, in [0, 1).
-    batch_size: tiles per backend call (None: the backend's default: on a GPU the torch path picks it
-        from free memory, others 4; on a CPU 2, or up to 8 small tiles for torch bf16).
-    tta: average the 8 flips of every tile (8x the compute).
-    sigma_scale: Gaussian blending sigma as a fraction of the tile (1/8).
-    skip_empty: do not run the network on tiles without foreground; they get background logits
-        (:data:`EMPTY_LOGIT`). A tile is empty when, in every channel, its 99th percentile of
-        normalised intensity (0 = the package's low percentile or range end, 1 = the high one) is
-        below ``empty_threshold`` (:func:`~tpem_seg.runtime.pipeline.empty_tiles`). Needs a
-        percentile or range normalisation.
-    empty_threshold: normalised intensity a tile's 99th percentile must reach to count as non-empty.
-    """
-
-    overlap: float = 0.25
-    batch_size: int | None = None
-    tta: bool = False
-    sigma_scale: float = 0.125
-    skip_empty: bool = False
-    empty_threshold: float = 0.05
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.overlap < 1.0:
-            raise InputError(f"overlap {self.overlap} must be in [0, 1), e.g. --overlap 0.25")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise InputError(f"batch size {self.batch_size} must be at least 1")
-        if self.sigma_scale <= 0:
-            raise InputError(f"sigma_scale {self.sigma_scale} must be positive")
-        if not 0.0 < self.empty_threshold < 1.0:
-            raise InputError(f"empty_threshold {self.empty_threshold} must be in (0, 1), e.g. 0.05")
+__all__ = ["RunSummary", "Segmenter", "TileOptions"]
 
 
 @dataclass
@@ -94,6 +54,8 @@ class RunSummary:
     def line(self) -> str:
         shape = "x".join(map(str, self.shape))
         skipped = f" ({self.extra['skipped_tiles']} empty, skipped)" if "skipped_tiles" in self.extra else ""
+        if "blocks" in self.extra:
+            skipped += f" in {self.extra['blocks']} blocks (x{self.extra['redundancy']:.2f} tiles)"
         return (f"{shape} voxels in {self.seconds:.2f} s ({self.voxels_per_second / 1e6:.2f} Mvox/s), "
                 f"{self.tiles} tiles{skipped}, {self.backend}{', resampled' if self.resampled else ''}")
 
@@ -104,8 +66,8 @@ class Segmenter:
     Args:
         model: a bundled package name, a package path, or an opened :class:`ModelPackage`.
         backend: ``auto``, ``torch``, ``onnxruntime`` or ``tensorrt``, or a configured
-            :class:`~tpem_seg.runtime.backends.Backend` instance for this package (then ``device``
-            and ``precision`` are the backend's own).
+            :class:`~tpem_seg.runtime.backends.Backend` instance for this package (then ``device``,
+            ``precision`` and ``backend_options`` are the backend's own).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``fp32``, ``fp16`` or ``bf16`` (what the backend supports).
         output: ``labels`` (uint8 class indices), ``probabilities`` (float16, class axis first) or
@@ -113,24 +75,33 @@ class Segmenter:
         channels: which input channels feed the model, in the model's order (default: all).
         resample: resample to the package's voxel size when the input's differs.
         progress: show a progress bar.
+        block: ``"auto"``, ``"off"`` or a block core ``(z, y, x)`` in output voxels: run block by
+            block, memory set by the block, output bit-identical (see
+            :class:`~tpem_seg.runtime.settings.RunSettings`).
+        backend_options: backend-specific options, passed on to
+            :func:`~tpem_seg.runtime.backends.create_backend` (e.g. the torch backend's compile,
+            cuda_graphs, channels_last, cast_weights).
         **tile_options: fields of :class:`TileOptions` (overlap, batch_size, tta, sigma_scale,
             skip_empty, empty_threshold).
 
     Thread safety: one Segmenter runs one volume at a time. Calls from several threads are
     serialised by a lock (each waits for the one before; results are as if called in turn), because
-    a run keeps its state on the Segmenter and a backend's session or GPU context is not shared
-    between calls. For volumes in parallel, make one Segmenter per thread.
+    a backend's session or GPU context is not shared between calls. For volumes in parallel, make
+    one Segmenter per thread.
 
-    When the backend runs on CUDA through torch tensors (the torch backend on a GPU), tiles go
-    through the GPU path (:mod:`tpem_seg.runtime.gpu`): blending and the argmax run on the GPU
-    and only the outputs come back.
+    The settings are kept as one frozen :class:`~tpem_seg.runtime.settings.RunSettings`
+    (``settings``); each run keeps its own state. When the backend runs on CUDA through torch
+    tensors (the torch backend on a GPU), tiles go through the GPU path
+    (:mod:`tpem_seg.runtime.gpu`): blending and the argmax run on the GPU and only the outputs
+    come back.
     """
 
     def __init__(self, model: str | os.PathLike | ModelPackage, backend: str | Backend = "auto", device: str = "auto",
                  precision: str = "fp32", *, output: str = "labels", channels: Sequence[int] | None = None,
-                 resample: bool = True, progress: bool = False, **tile_options):
-        if output not in OUTPUTS:
-            raise InputError(f"output {output!r} must be one of {OUTPUTS}")
+                 resample: bool = True, progress: bool = False, backend_options: dict | None = None,
+                 block: Sequence[int] | str = "auto", **tile_options):
+        self.settings = RunSettings(output=output, channels=channels, resample=resample,
+                                    tiles=TileOptions(**tile_options), block=block)
         self.package = model if isinstance(model, ModelPackage) else open_package(model)
         if isinstance(backend, Backend):
             if backend.input_spec.tile != self.package.manifest.tile or \
@@ -138,18 +109,13 @@ class Segmenter:
                 raise InputError(f"backend {backend.describe()} was made for another network than {self.package.name}")
             self.backend = backend
         else:
-            self.backend = create_backend(backend, self.package, device=device, precision=precision)
-        self.options = TileOptions(**tile_options)
-        if self.options.skip_empty and self.package.manifest.normalization.mode == "none":
+            self.backend = create_backend(backend, self.package, device=device, precision=precision,
+                                          **(backend_options or {}))
+        if self.settings.tiles.skip_empty and self.package.manifest.normalization.mode == "none":
             raise InputError(f"skip_empty needs an intensity scale, but {self.package.name} does no normalisation; "
                              f"drop --skip-empty")
-        self.output = output
-        self.channels = list(channels) if channels is not None else None
-        self.resample = resample
         self.progress = progress
         self.last_summary: RunSummary | None = None
-        self._skipped = 0  # tiles of the current run skipped as empty
-        self._batch_size: int | None = None  # tiles per network call in the current run
         self._lock = threading.RLock()  # one run at a time (see the class docstring)
 
     # -- public API ---------------------------------------------------------------------------------
@@ -170,15 +136,13 @@ class Segmenter:
         if spacing is not None and isinstance(data, Volume):
             volume = Volume(data.data, data.axes, spacing, data.channel_names)
         shape = volume.shape_zyx
+        output = self.settings.output
         k = self.package.manifest.config.out_channels
-        dtype = {"labels": np.uint8, "probabilities": np.float16, "logits": np.float32}[self.output]
-        out = np.zeros(shape if self.output == "labels" else (k, *shape), dtype=dtype)
-        cursor = [0]
+        dtype = {"labels": np.uint8, "probabilities": np.float16, "logits": np.float32}[output]
+        out = np.zeros(shape if output == "labels" else (k, *shape), dtype=dtype)
 
-        def store(block: np.ndarray) -> None:
-            dz = block.shape[-3]
-            out[..., cursor[0]:cursor[0] + dz, :, :] = block
-            cursor[0] += dz
+        def store(first: int, block: np.ndarray) -> None:
+            out[..., first:first + block.shape[-3], :, :] = block
 
         self.last_summary = self._segment_volume(volume, store)
         return out
@@ -195,12 +159,12 @@ class Segmenter:
 
     def _segment_file(self, src: str | os.PathLike, dst: str | os.PathLike, axes: str | None,
                       spacing: Sequence[float] | None) -> RunSummary:
-        if self.output == "logits":
+        if self.settings.output == "logits":
             raise InputError("logits output is for arrays (Segmenter.segment); write labels or probabilities")
         volume = read_volume(src, axes=axes, spacing=spacing)
         shape = volume.shape_zyx
         k = self.package.manifest.config.out_channels
-        probabilities = self.output == "probabilities"
+        probabilities = self.settings.output == "probabilities"
         with open_writer(dst, shape=(k, *shape) if probabilities else shape,
                          dtype=np.float16 if probabilities else np.uint8,
                          axes="CZYX" if probabilities else "ZYX", spacing=volume.spacing,
@@ -208,7 +172,7 @@ class Segmenter:
                          label_names=None if probabilities else self.package.manifest.classes) as writer:
             background = BackgroundWriter(writer.write)
             try:
-                summary = self._segment_volume(volume, background.submit)
+                summary = self._segment_volume(volume, lambda first, block: background.submit(block))
             finally:
                 background.close()
         self.last_summary = summary
@@ -226,115 +190,62 @@ class Segmenter:
 
     # -- the run ------------------------------------------------------------------------------------
 
-    def _segment_volume(self, volume: Volume, sink: Callable[[np.ndarray], None]) -> RunSummary:
+    def _engine(self) -> TileEngine:
+        manifest = self.package.manifest
+        options = self.settings.tiles
+        device_tensors = self.backend.supports_device_tensors
+        return TileEngine(self.backend.infer, manifest.tile, manifest.config.out_channels, manifest.activation,
+                          options, options.batch_size or self.backend.default_batch_size(),
+                          backend=self.backend if device_tensors else None)
+
+    def _segment_volume(self, volume: Volume, sink: Callable[[int, np.ndarray], None]) -> RunSummary:
+        """Run ``volume`` through the network; ``sink(first_plane, slab)`` gets the output in z order."""
         channels = self._check_channels(volume)
         manifest = self.package.manifest
         started = time.perf_counter()
         self.backend.load()
-        if self.resample and needs_resampling(volume.spacing, manifest.spacing):
-            summary = self._segment_resampled(volume, channels, sink)
+        state = RunState()
+        output = self.settings.output
+        resampled = self.settings.resample and needs_resampling(volume.spacing, manifest.spacing)
+        source, source_channels = volume, channels
+        if resampled:
+            log.info("resampling from %s µm to the model's %s µm, block by block", volume.spacing, manifest.spacing)
+            source, source_channels = ResampledVolume(volume, manifest.spacing, channels), None
+        elif self.settings.resample and volume.spacing is None and manifest.spacing is not None:
+            log.warning("input voxel size unknown; assuming the model's %s µm (give --spacing to resample)",
+                        manifest.spacing)
+        normalizer = fit_normalizer(source, manifest.normalization, source_channels)
+        grid = make_plan(source.shape_zyx, manifest.tile, self.settings.tiles.overlap)
+        engine = self._engine()
+        block = self._block(volume.shape_zyx, resampled)
+        extra: dict = {}
+        if block is None:
+            engine.run(source, grid, normalizer, source_channels, output, sink, state, self.progress)
         else:
-            if self.resample and volume.spacing is None and manifest.spacing is not None:
-                log.warning("input voxel size unknown; assuming the model's %s µm (give --spacing to resample)",
-                            manifest.spacing)
-            tiles = self._stitch(volume, channels, sink)
-            summary = RunSummary(volume.shape_zyx, tiles, 0.0, self.backend.describe())
-        summary.extra["batch_size"] = self._batch_size
-        if self.options.skip_empty:
-            summary.extra["skipped_tiles"] = self._skipped
+            extra["blocks"] = run_blocks(engine, source, grid, normalizer, source_channels, output, block, sink,
+                                         state, out_shape=volume.shape_zyx if resampled else None,
+                                         progress=self.progress)
+            extra["block"] = block
+            extra["redundancy"] = round(state.tiles / grid.n_tiles, 4)
+        summary = RunSummary(volume.shape_zyx, state.tiles, 0.0, self.backend.describe(), resampled=resampled)
+        summary.extra.update(extra, batch_size=state.batch_size)
+        if self.settings.tiles.skip_empty:
+            summary.extra["skipped_tiles"] = state.skipped
         summary.seconds = time.perf_counter() - started
         log.info("%s", summary.line())
         return summary
 
-    def _segment_resampled(self, volume: Volume, channels: list[int] | None,
-                           sink: Callable[[np.ndarray], None]) -> RunSummary:
-        """Resample to the model's voxel size, segment, bring the logits back (whole volume in memory)."""
-        manifest = self.package.manifest
-        log.info("resampling from %s µm to the model's %s µm (whole volume in memory)",
-                 volume.spacing, manifest.spacing)
-        resampled = resample_volume(volume, manifest.spacing, channels)
-        parts: list[np.ndarray] = []
-        tiles = self._stitch(resampled, None, parts.append, output="logits")
-        logits = resample_logits(np.concatenate(parts, axis=1), volume.shape_zyx)
-        sink(finish(logits, manifest.activation, self.output))
-        return RunSummary(volume.shape_zyx, tiles, 0.0, self.backend.describe(), resampled=True)
-
-    def _stitch(self, volume: Volume, channels: list[int] | None, emit: Callable[[np.ndarray], None],
-                output: str | None = None) -> int:
-        """Tile, infer and blend ``volume``; call ``emit(block)`` per finished slab, in z order.
-
-        ``block`` is the ``output`` (default: the Segmenter's) of the slab's ``dz`` planes: labels
-        ``(dz, Y, X)`` uint8, probabilities ``(K, dz, Y, X)`` float16 or logits ``(K, dz, Y, X)``
-        float32. Returns the number of tiles.
-        """
-        manifest = self.package.manifest
-        output = output or self.output
-        normalizer = fit_normalizer(volume, manifest.normalization, channels)
-        plan = make_plan(volume.shape_zyx, manifest.tile, self.options.overlap)
-        weights = gaussian_weights(plan.tile, self.options.sigma_scale)
-        threshold = self.options.empty_threshold if self.options.skip_empty else None
-        self._skipped = 0
-        if getattr(self.backend, "supports_device_tensors", False):
-            from tpem_seg.runtime import gpu  # imports torch: only for backends that already run on it
-
-            run = gpu.GpuStitchRun(self.backend, plan, weights, manifest.config.out_channels, manifest.activation,
-                                   output, self.options, background=self._background_logits())
-            with tqdm(total=plan.n_tiles, unit="tile", desc="segment", disable=not self.progress, leave=False) as bar:
-                run.run(volume, normalizer, channels, emit, bar.update)
-            self._skipped, self._batch_size = run.skipped, run.backoff.batch_size
-            return plan.n_tiles
-        stitcher = Stitcher(manifest.config.out_channels, plan.padded, plan.tile, weights)
-        batch_size = self.options.batch_size or self.backend.default_batch_size()
-        self._batch_size = batch_size
-        with tqdm(total=plan.n_tiles, unit="tile", desc="segment", disable=not self.progress,
-                  leave=False) as bar:
-            for item in prefetch(iter_tiles(volume, plan, normalizer, channels, batch_size, threshold)):
-                if isinstance(item, TileBatch):
-                    self._add_batch(stitcher, item)
-                    bar.update(len(item.origins))
-                    continue
-                assert isinstance(item, RowDone)
-                finished = stitcher.advance_raw(item.next_z)
-                if finished is None:
-                    continue
-                z0, sums, norm = finished
-                part = plan.volume_part(z0, sums.shape[1])
-                if part is not None:
-                    crop = part[1]
-                    emit(finish_sums(sums[(slice(None), *crop)], norm[crop], manifest.activation, output))
-        return plan.n_tiles
-
-    def _add_batch(self, stitcher: Stitcher, batch: TileBatch) -> None:
-        """Infer the batch's non-empty tiles and add them; empty ones get background logits."""
-        empty = batch.empty
-        if empty is None or not empty.any():
-            stitcher.add(self._predict(batch.tiles), batch.origins)
-            return
-        full = ~empty
-        if full.any():
-            stitcher.add(self._predict(batch.tiles[full]), [o for o, f in zip(batch.origins, full) if f])
-        stitcher.add_constant(self._background_logits(), [o for o, e in zip(batch.origins, empty) if e])
-        self._skipped += int(empty.sum())
-
-    def _background_logits(self) -> list[float]:
-        """Per-class logits of a skipped tile: background (class 0) by :data:`EMPTY_LOGIT` (softmax), or
-        every foreground channel at ``-EMPTY_LOGIT`` (sigmoid, no background channel)."""
+    def _block(self, shape: tuple[int, int, int], resampled: bool) -> tuple[int, int, int] | None:
+        """The block core for a run over an output of ``shape`` (None: one pass in z-slabs)."""
+        block = self.settings.block
+        if isinstance(block, tuple):
+            return tuple(min(b, n) for b, n in zip(block, shape))
+        wide = max(shape[1:]) > BLOCK_YX
+        if not resampled and (block == "off" or not wide):
+            return None
         k = self.package.manifest.config.out_channels
-        if self.package.manifest.activation == "sigmoid":
-            return [-EMPTY_LOGIT] * k
-        return [EMPTY_LOGIT] + [0.0] * (k - 1)
-
-    def _predict(self, tiles: np.ndarray) -> np.ndarray:
-        """Logits for a batch; with TTA, the mean over the 8 flips (each flipped back)."""
-        if not self.options.tta:
-            return self.backend.infer(tiles)
-        total = np.zeros((tiles.shape[0], self.package.manifest.config.out_channels, *tiles.shape[2:]),
-                         dtype=np.float32)
-        for axes in TTA_FLIPS:
-            flipped = np.ascontiguousarray(np.flip(tiles, axes)) if axes else tiles
-            logits = self.backend.infer(flipped)
-            total += np.flip(logits, axes) if axes else logits
-        return total / len(TTA_FLIPS)
+        voxel_bytes = {"labels": 1, "probabilities": 2 * k, "logits": 4 * k}[self.settings.output]
+        return default_block(shape, self.package.manifest.tile, voxel_bytes)
 
     def _check_channels(self, volume: Volume) -> list[int] | None:
         manifest = self.package.manifest
@@ -342,15 +253,16 @@ class Segmenter:
             raise InputError(f"the volume is empty (shape {tuple(volume.data.shape)}); check the input file")
         wanted = manifest.config.in_channels
         have = volume.n_channels
-        if self.channels is not None:
-            bad = [c for c in self.channels if not 0 <= c < have]
+        chosen = self.settings.channels
+        if chosen is not None:
+            bad = [c for c in chosen if not 0 <= c < have]
             if bad:
-                raise InputError(f"--channels {','.join(map(str, self.channels))} names channel(s) {bad} but the "
+                raise InputError(f"--channels {','.join(map(str, chosen))} names channel(s) {bad} but the "
                                  f"volume has {have} (0..{have - 1})")
-            if len(self.channels) != wanted:
-                raise InputError(f"--channels picks {len(self.channels)} channel(s) but model {manifest.name} takes "
+            if len(chosen) != wanted:
+                raise InputError(f"--channels picks {len(chosen)} channel(s) but model {manifest.name} takes "
                                  f"{wanted} ({', '.join(manifest.channels)})")
-            return self.channels
+            return list(chosen)
         if have != wanted:
             example = ",".join(str(i) for i in range(wanted))
             raise InputError(f"the volume has {have} channel(s) but model {manifest.name} takes {wanted} "

@@ -40,7 +40,7 @@ from tpem_seg.runtime.backends import Backend, BackendSpec, create_backend, unav
 from tpem_seg.runtime.compare import Agreement, compare_logits
 from tpem_seg.runtime.devices import cpu_count, cpu_flags, cpu_model, cpu_supports_bf16, library_versions
 from tpem_seg.runtime.normalize import fit_normalizer
-from tpem_seg.runtime.pipeline import make_plan, read_padded_slab
+from tpem_seg.runtime.pipeline import make_plan
 from tpem_seg.util.atomic import write_text
 from tpem_seg.util.cache import cache_root
 
@@ -192,7 +192,7 @@ def sample_tiles(volume: Volume, package: ModelPackage, n: int = TUNE_TILES, ove
     manifest = package.manifest
     plan = make_plan(volume.shape_zyx, manifest.tile, overlap)
     normalizer = fit_normalizer(volume, manifest.normalization, channels)
-    slab = read_padded_slab(volume, plan, plan.z_starts[len(plan.z_starts) // 2], normalizer, channels)
+    slab = plan.read_slab(volume, plan.z_starts[len(plan.z_starts) // 2], normalizer, channels)
     _, h, w = plan.tile
     picks = np.linspace(0, len(plan.yx_origins) - 1, n).round().astype(int)
     return np.ascontiguousarray(np.stack([slab[:, :, y:y + h, x:x + w] for y, x in

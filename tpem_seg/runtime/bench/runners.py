@@ -115,11 +115,13 @@ class BaselineRunner(_NetworkOnly):
         return self._logits(volume).float().cpu().numpy()
 
     def labels(self, volume: Volume) -> np.ndarray:
-        from tpem_seg.runtime.gpu import finish_tensor
+        from tpem_seg.runtime.arrays_torch import TorchOps
+        from tpem_seg.runtime.outputs import OutputHead
 
         logits = self._logits(volume)
+        head = OutputHead(self.package.manifest.activation, "labels")
         with self._torch.inference_mode():
-            return finish_tensor(logits, None, self.package.manifest.activation, "labels").cpu().numpy()
+            return head.from_sums(logits, None, TorchOps(logits.device)).cpu().numpy()
 
     def close(self) -> None:
         self._batches = []
