@@ -1,0 +1,18 @@
+// Log lines of libtpem, sent to the callback set with tpem_set_log (default: stderr from warnings).
+#pragma once
+
+#include <string>
+
+namespace tpem::detail {
+
+enum LogLevel { LOG_DEBUG = 0, LOG_INFO = 1, LOG_WARNING = 2, LOG_ERROR = 3 };
+
+void log(int level, const std::string &message);
+
+}  // namespace tpem::detail
+
+#include "tpem/tpem.h"
+
+namespace tpem::detail {
+void set_log(tpem_log_fn fn, void *user, int min_level);
+}
