@@ -191,6 +191,7 @@ void normalize_any(const void *data, tpem_dtype dtype, size_t offset, size_t n, 
         case TPEM_DTYPE_U8: normalize_run(static_cast<const uint8_t *>(data) + offset, n, low, inv, clip, out); break;
         case TPEM_DTYPE_U16: normalize_run(static_cast<const uint16_t *>(data) + offset, n, low, inv, clip, out); break;
         case TPEM_DTYPE_F32: normalize_run(static_cast<const float *>(data) + offset, n, low, inv, clip, out); break;
+        default: fail(TPEM_ERR_INVALID_ARGUMENT, "dtype unknown");
     }
 }
 

@@ -22,6 +22,7 @@ size_t dtype_size(tpem_dtype dtype) {
         case TPEM_DTYPE_U8: return 1;
         case TPEM_DTYPE_U16: return 2;
         case TPEM_DTYPE_F32: return 4;
+        default: break;
     }
     fail(TPEM_ERR_INVALID_ARGUMENT, "dtype " + std::to_string(static_cast<int>(dtype)) +
                                         " unknown; use TPEM_DTYPE_U8, TPEM_DTYPE_U16 or TPEM_DTYPE_F32");

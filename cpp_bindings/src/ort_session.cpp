@@ -197,7 +197,7 @@ struct OrtModel::Impl {
     const OrtApi *api = nullptr;
     std::unique_ptr<Ort::Session> session;
     std::string input_name, output_name;
-    Ort::MemoryInfo memory{nullptr};
+    std::unique_ptr<Ort::MemoryInfo> memory;  // made once ONNX Runtime is loaded (its release needs the API)
 };
 
 OrtModel::OrtModel(const SessionConfig &config) : impl_(std::make_unique<Impl>()) {
@@ -225,7 +225,7 @@ OrtModel::OrtModel(const SessionConfig &config) : impl_(std::make_unique<Impl>()
         Ort::AllocatorWithDefaultOptions alloc;
         impl_->input_name = impl_->session->GetInputNameAllocated(0, alloc).get();
         impl_->output_name = impl_->session->GetOutputNameAllocated(0, alloc).get();
-        impl_->memory = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+        impl_->memory = std::make_unique<Ort::MemoryInfo>(Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault));
     } catch (const Ort::Exception &err) {
         fail(TPEM_ERR_BACKEND, std::string("ONNX Runtime cannot open ") + config.model_path + ": " + err.what());
     }
@@ -237,14 +237,14 @@ void OrtModel::run(const float *tiles, const std::vector<int64_t> &shape, float 
     try {
         size_t n = 1;
         for (int64_t s : shape) n *= static_cast<size_t>(s);
-        auto input = Ort::Value::CreateTensor<float>(impl_->memory, const_cast<float *>(tiles), n, shape.data(), shape.size());
+        auto input = Ort::Value::CreateTensor<float>(*impl_->memory, const_cast<float *>(tiles), n, shape.data(), shape.size());
         // the logits land in the caller's buffer: no copy
         std::vector<int64_t> out_shape = shape;
         const size_t per_tile = logits_count / static_cast<size_t>(shape[0]);
         size_t voxels = 1;
         for (size_t a = 2; a < shape.size(); ++a) voxels *= static_cast<size_t>(shape[a]);
         out_shape[1] = static_cast<int64_t>(per_tile / voxels);
-        auto output = Ort::Value::CreateTensor<float>(impl_->memory, logits, logits_count, out_shape.data(), out_shape.size());
+        auto output = Ort::Value::CreateTensor<float>(*impl_->memory, logits, logits_count, out_shape.data(), out_shape.size());
         const char *in_names[] = {impl_->input_name.c_str()};
         const char *out_names[] = {impl_->output_name.c_str()};
         impl_->session->Run(Ort::RunOptions{nullptr}, in_names, &input, 1, out_names, &output, 1);

@@ -12,7 +12,7 @@ void append_escaped(const std::string &s, std::string &out) {
     out += '"';
     size_t i = 0;
     auto hex4 = [&](unsigned v) {
-        char buf[8];
+        char buf[16];
         std::snprintf(buf, sizeof buf, "\\u%04x", v);
         out += buf;
     };

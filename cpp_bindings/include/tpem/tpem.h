@@ -45,11 +45,16 @@ typedef enum {
     TPEM_ERR_BACKEND,            /* ONNX Runtime missing, too old, or failing */
     TPEM_ERR_BUFFER_TOO_SMALL,   /* the message says how many bytes are needed */
     TPEM_ERR_CANCELLED,          /* a callback returned nonzero */
-    TPEM_ERR_INTERNAL
+    TPEM_ERR_INTERNAL,
+    TPEM_STATUS_MAX_ENUM = 0x7fffffff /* keeps every int a valid value of the type (as Vulkan does) */
 } tpem_status;
 
-typedef enum { TPEM_DTYPE_U8 = 0, TPEM_DTYPE_U16 = 1, TPEM_DTYPE_F32 = 2 } tpem_dtype;
-typedef enum { TPEM_OUTPUT_LABELS = 0, TPEM_OUTPUT_PROBABILITIES = 1 } tpem_output; /* uint8 ZYX; float32 KZYX */
+typedef enum { TPEM_DTYPE_U8 = 0, TPEM_DTYPE_U16 = 1, TPEM_DTYPE_F32 = 2, TPEM_DTYPE_MAX_ENUM = 0x7fffffff } tpem_dtype;
+typedef enum {
+    TPEM_OUTPUT_LABELS = 0,        /* uint8 ZYX */
+    TPEM_OUTPUT_PROBABILITIES = 1, /* float32 KZYX */
+    TPEM_OUTPUT_MAX_ENUM = 0x7fffffff
+} tpem_output;
 
 /* Progress in [0, 1]; return nonzero to cancel. */
 typedef int (*tpem_progress_fn)(double fraction, void *user);
