@@ -17,7 +17,7 @@ import pytest
 from tests.cpp_bindings.conftest import ZOO
 
 
-def _stack(rng, z=20, y=80, x=90):
+def _stack(rng, z=16, y=80, x=90):
     volume = rng.integers(0, 40, size=(z, y, x), dtype=np.uint8)
     volume[:, y // 2 - 3:y // 2 + 3, :] = 220  # a bright tube
     return volume
@@ -80,7 +80,7 @@ def test_provider_fallback_is_clean(tpem_seg_cpp):
 
 
 def test_gil_released_while_segmenting(vessels_model, rng):
-    volume = _stack(rng, z=40, y=200, x=200)
+    volume = _stack(rng, z=20, y=140, x=140)
     ticks = []
     done = threading.Event()
 
