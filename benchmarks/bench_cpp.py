@@ -118,6 +118,42 @@ def stream_memory(package: Path, threads: int, depth: int, plane: int) -> dict:
     return {"runs": {str(k): v for k, v in peaks.items()}, "peak_ratio": large["peak_mb"] / small["peak_mb"]}
 
 
+def parity(threads: int) -> dict:
+    """Labels agreement and largest probability difference on every whole real volume at its voxel size."""
+    import csv
+
+    import tifffile
+
+    import tpem_seg_cpp
+    from tpem_seg.runtime.outputs import to_probabilities
+    from tpem_seg.runtime.segmenter import Segmenter
+
+    data = ROOT.parent / "shared" / "data"
+    cases = []
+    with open(data / "vesselnn_2pm" / "volumes.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            cases.append(("vessels-2p", data / "vesselnn_2pm" / "images" / f"{row['name']}.tif",
+                          tuple(float(row[f"spacing_{a}_um"]) for a in "zyx")))
+    cases.append(("tpem-2ch", data / "cellfinder_stpt" / "cellfinder_crop_2ch_CZYX.tif", (5.0, 2.0, 2.0)))
+    out = {}
+    for package, path, spacing in cases:
+        volume = np.ascontiguousarray(tifffile.imread(path))
+        volume = volume[None] if volume.ndim == 3 else volume
+        pkg = ROOT / "tpem_seg" / "zoo" / f"{package}.tpem"
+        native = tpem_seg_cpp.Model(pkg, threads=threads)
+        labels = native.segment(volume, spacing=spacing)
+        probabilities = native.segment(volume, spacing=spacing, output="probabilities")
+        with Segmenter(pkg, backend="onnxruntime", device="cpu") as python:
+            expected = python.segment(volume, axes="CZYX", spacing=spacing)
+        with Segmenter(pkg, backend="onnxruntime", device="cpu", output="logits") as python:
+            logits = python.segment(volume, axes="CZYX", spacing=spacing)
+        reference = to_probabilities(logits, native.info["activation"])
+        out[path.stem] = {"package": package, "shape": list(volume.shape), "spacing": list(spacing),
+                          "label_agreement": float((labels == expected).mean()),
+                          "max_abs_prob_diff": float(np.abs(probabilities - reference).max())}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--package", type=Path, default=ROOT / "tpem_seg" / "zoo" / "vessels-2p.tpem")
@@ -126,7 +162,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream-depth", type=int, default=400, help="planes of the smaller streamed stack")
     parser.add_argument("--stream-plane", type=int, default=128, help="Y = X of the streamed stack")
     parser.add_argument("--out", type=Path, required=True, help="results path without suffix (.json and .md)")
+    parser.add_argument("--parity", action="store_true", help="instead: parity on every whole real volume")
     args = parser.parse_args(argv)
+    if args.parity:
+        table = parity(args.threads)
+        command = "PYTHONPATH=$PWD " + " ".join([Path(sys.executable).name, *sys.argv])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps({"command": command, "volumes": table}, indent=2) + "\n")
+        lines = ["# Native runtime vs Python runtime (ONNX Runtime): parity on the whole real volumes", "",
+                 f"Command: `{command}`", "",
+                 "| volume | package | shape CZYX | voxel size (µm) | labels equal | max abs probability diff |",
+                 "| --- | --- | --- | --- | --- | --- |",
+                 *[f"| {k} | {v['package']} | {tuple(v['shape'])} | {tuple(v['spacing'])} | "
+                   f"{v['label_agreement']:.6f} | {v['max_abs_prob_diff']:.2e} |" for k, v in table.items()], ""]
+        args.out.with_suffix(".md").write_text("\n".join(lines))
+        sys.stdout.write("\n".join(lines) + "\n")
+        return 0
 
     import tifffile
 

@@ -17,7 +17,9 @@ from tests.cpp_bindings.conftest import ZOO
 
 VESSELS = SHARED_DATA / "vesselnn_2pm"
 CELLFINDER = SHARED_DATA / "cellfinder_stpt" / "cellfinder_crop_2ch_CZYX.tif"
-CROP_YX = 150
+#: crop extent in y and x, in the model's voxels (the input crop is scaled by the voxel-size ratio so
+#: every case runs about 2 x 2 x 2 tiles)
+MODEL_YX = (100, 112)
 
 
 def _vessel_volumes():
@@ -36,14 +38,15 @@ def _cases():
     return cases
 
 
-def _crop(path, package):
+def _crop(path, package, spacing):
     tifffile = pytest.importorskip("tifffile")
     if not path.is_file():
         pytest.skip(f"{path} is absent (real data lives in ../shared/data)")
     data = tifffile.imread(path)
-    if package == "tpem-2ch":
-        return np.ascontiguousarray(data[:, :20, 100:100 + CROP_YX // 2 + 25, 200:200 + CROP_YX // 2 + 25])
-    return np.ascontiguousarray(data[None, :, 100:100 + CROP_YX, 150:150 + CROP_YX + 17])
+    data = data if data.ndim == 4 else data[None]
+    model_yx = 1.0 if package == "tpem-2ch" else 0.994
+    h, w = (round(n * model_yx / spacing[1]) for n in MODEL_YX)
+    return np.ascontiguousarray(data[:, :20, 100:100 + h, 150:150 + w])
 
 
 def _probabilities(logits, activation):
@@ -56,7 +59,7 @@ def _probabilities(logits, activation):
 def test_labels_and_probabilities_match_python_runtime(tpem_seg_cpp, package, path, spacing):
     from tpem_seg.runtime.segmenter import Segmenter
 
-    volume = _crop(path, package)
+    volume = _crop(path, package, spacing)
     native = tpem_seg_cpp.Model(ZOO / f"{package}.tpem")
     labels = native.segment(volume, spacing=spacing)
     probabilities = native.segment(volume, spacing=spacing, output="probabilities")
@@ -71,6 +74,6 @@ def test_labels_and_probabilities_match_python_runtime(tpem_seg_cpp, package, pa
     assert labels.shape == expected_labels.shape and labels.dtype == np.uint8
     agreement = float((labels == expected_labels).mean())
     assert agreement >= 0.9999, f"labels agree on {agreement:.6f} of voxels"
-    assert 0 < expected_labels.mean() < len(native.classes) - 1 + 1  # the crop shows foreground
+    assert expected_labels.any(), "the crop shows no foreground: the comparison would say little"
     worst = float(np.abs(probabilities - expected_probabilities).max())
     assert worst <= 1e-4, f"probabilities differ by up to {worst:.2e}"
