@@ -27,6 +27,15 @@ struct Array {
 
 [[noreturn]] void die(const std::string &message) { throw std::runtime_error(message); }
 
+std::string json_string(const std::string &s) {
+    std::string out = "\"";
+    for (char c : s) {
+        if (c == '"' || c == '\\') out += '\\';
+        out += c;
+    }
+    return out + "\"";
+}
+
 bool ends_with(const std::string &s, const std::string &suffix) {
     return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
@@ -191,7 +200,7 @@ int main(int argc, char **argv) {
             else if (a == "--threads") add("\"threads\": " + std::to_string(std::stoi(next())));
             else if (a == "--overlap") add("\"overlap\": " + std::to_string(std::stod(next())));
             else if (a == "--batch-size") add("\"batch_size\": " + std::to_string(std::stoi(next())));
-            else if (a == "--onnxruntime-library") add("\"onnxruntime_library\": \"" + next() + "\"");
+            else if (a == "--onnxruntime-library") add("\"onnxruntime_library\": " + json_string(next()));
             else if (a == "--spacing") {
                 std::stringstream ss(next());
                 std::string part;

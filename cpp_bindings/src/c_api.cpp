@@ -1,5 +1,6 @@
 // The C ABI: every entry point catches everything, keeps a one-line message per thread and
 // returns a status. Nothing throws or aborts across it.
+#include <cmath>
 #include <cstring>
 #include <new>
 #include <string>
@@ -102,9 +103,7 @@ Normalizer stream_normalizer(const Model &model, const char *text, int64_t chann
                                             " normalises by percentiles of the whole volume, which a stream cannot see; "
                                             "give {\"low\": [...], \"high\": [...]} (e.g. from tpem_fit_normalization "
                                             "on a reference stack)");
-    std::vector<float> dummy;
-    VolumeView empty{&dummy, TPEM_DTYPE_F32, {channels, 1, 1, 1}};
-    return fit_normalizer(empty, spec);  // range or none: no data needed
+    return fixed_normalizer(spec, static_cast<size_t>(channels));
 }
 
 }  // namespace

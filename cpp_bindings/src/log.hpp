@@ -3,16 +3,15 @@
 
 #include <string>
 
+#include "tpem/tpem.h"
+
 namespace tpem::detail {
 
 enum LogLevel { LOG_DEBUG = 0, LOG_INFO = 1, LOG_WARNING = 2, LOG_ERROR = 3 };
 
 void log(int level, const std::string &message);
 
-}  // namespace tpem::detail
-
-#include "tpem/tpem.h"
-
-namespace tpem::detail {
+// Where log lines go from now on (fn NULL: stderr), and from which level.
 void set_log(tpem_log_fn fn, void *user, int min_level);
-}
+
+}  // namespace tpem::detail

@@ -89,12 +89,17 @@ std::vector<std::vector<double>> sample_planes(const VolumeView &v) {
     return sample;
 }
 
-Normalizer fit_normalizer(const VolumeView &volume, const Normalization &spec) {
-    const size_t n = static_cast<size_t>(volume.shape[0]);
+Normalizer fixed_normalizer(const Normalization &spec, size_t n) {
     if (spec.mode == "none") return {std::vector<float>(n, 0.0f), std::vector<float>(n, 1.0f), false};
     if (spec.mode == "range")
         return {std::vector<float>(n, static_cast<float>(spec.range[0])),
                 std::vector<float>(n, static_cast<float>(spec.range[1])), spec.clip};
+    fail(TPEM_ERR_INTERNAL, "percentile normalisation needs the volume");
+}
+
+Normalizer fit_normalizer(const VolumeView &volume, const Normalization &spec) {
+    const size_t n = static_cast<size_t>(volume.shape[0]);
+    if (spec.mode != "percentile") return fixed_normalizer(spec, n);
     Normalizer norm{{}, {}, spec.clip};
     auto sample = sample_planes(volume);
     for (size_t c = 0; c < n; ++c) {

@@ -26,6 +26,9 @@ std::vector<std::vector<double>> sample_planes(const VolumeView &volume);
 
 Normalizer fit_normalizer(const VolumeView &volume, const Normalization &spec);
 
+// The normaliser of a "range" or "none" spec, which needs no data (percentile: Error).
+Normalizer fixed_normalizer(const Normalization &spec, size_t channels);
+
 // Normalises `n` voxels of one channel into out (float32).
 template <typename T>
 inline void normalize_run(const T *in, size_t n, float low, float inv, bool clip, float *out) {
