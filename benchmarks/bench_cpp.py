@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VOLUME = ROOT.parent / "shared" / "data" / "vesselnn_2pm" / "images" / "poon2015_BBB_Leakage.tif"
 
 STREAM_SCRIPT = """
-import sys, numpy as np, tpem_seg_cpp, resource
+import sys, numpy as np, tpem_seg_cpp
 package, z, y, x = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 model = tpem_seg_cpp.Model(package, threads=int(sys.argv[5]))
 rng = np.random.default_rng(0)
@@ -46,20 +46,37 @@ for k in range(z):
     stream.push(reference[k % 8][None].copy())
 stream.finish()
 assert done[0] == z
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM, not ru_maxrss: the latter starts at the parent's RSS at fork (Linux keeps it across exec)
+print([int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")][0])
 """
 
 
+def _hwm_kb(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
+
+
 def run_child(argv: list[str], env: dict | None = None) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of a fresh child process."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed: {err[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024
+    """(wall seconds, peak RSS in MB) of a fresh child process.
+
+    The peak is the child's VmHWM polled every 20 ms (it only grows, so the last reading before exit
+    is the peak up to 20 ms of growth): wait4's ru_maxrss would start at this parent's RSS.
+    """
+    with tempfile.TemporaryFile() as stderr:
+        started = time.perf_counter()
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, _hwm_kb(proc.pid) or 0)
+            time.sleep(0.02)
+        seconds = time.perf_counter() - started
+        if proc.returncode != 0:
+            stderr.seek(0)
+            raise RuntimeError(f"{' '.join(argv)} failed: {stderr.read().decode()[-2000:]}")
+    return seconds, peak / 1024
 
 
 def in_process(package: Path, volume: np.ndarray, threads: int) -> dict:
@@ -154,6 +171,28 @@ def parity(threads: int) -> dict:
     return out
 
 
+def write_memory(args, volume: np.ndarray) -> int:
+    command = "PYTHONPATH=$PWD " + " ".join([Path(sys.executable).name, *sys.argv])
+    fp = fresh_processes(args.package, volume, args.threads)
+    sm = stream_memory(args.package, args.threads, args.stream_depth, args.stream_plane)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps({"command": command, "fresh_processes": fp,
+                                                         "stream_memory": sm}, indent=2) + "\n")
+    lines = [f"# Native runtime vs Python runtime: peak memory ({args.package.name})", "", f"Command: `{command}`", "",
+             f"Volume: {args.volume.name} {tuple(volume.shape[1:])} {volume.dtype}; peak = the child's VmHWM.", "",
+             "| fresh process, whole stack | native `tpem-seg-cpp run` | Python `tpem-seg run` |", "| --- | --- | --- |",
+             f"| wall time | {fp['native_s']:.2f} s | {fp['python_s']:.2f} s |",
+             f"| peak RSS | {fp['native_peak_mb']:.0f} MB | {fp['python_peak_mb']:.0f} MB |", "",
+             "Streaming (a fresh Python process pushing uint8 planes through tpem_seg_cpp.Model.stream):", "",
+             "| planes | volume | peak RSS | seconds |", "| --- | --- | --- | --- |",
+             *[f"| {z} | {r['volume_mb']:.1f} MB | {r['peak_mb']:.0f} MB | {r['seconds']:.1f} |"
+               for z, r in sm["runs"].items()],
+             "", f"Peak ratio (4x deeper stack / smaller): {sm['peak_ratio']:.3f}.", ""]
+    args.out.with_suffix(".md").write_text("\n".join(lines))
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--package", type=Path, default=ROOT / "tpem_seg" / "zoo" / "vessels-2p.tpem")
@@ -163,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream-plane", type=int, default=128, help="Y = X of the streamed stack")
     parser.add_argument("--out", type=Path, required=True, help="results path without suffix (.json and .md)")
     parser.add_argument("--parity", action="store_true", help="instead: parity on every whole real volume")
+    parser.add_argument("--memory", action="store_true",
+                        help="instead: only the fresh-process and streaming peak memory")
     args = parser.parse_args(argv)
     if args.parity:
         table = parity(args.threads)
@@ -182,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     import tifffile
 
     volume = np.ascontiguousarray(tifffile.imread(args.volume))[None]
+    if args.memory:
+        return write_memory(args, volume)
     results = {
         "command": "PYTHONPATH=$PWD " + " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other "
