@@ -1,0 +1,265 @@
+"""The native runtime (libtpem) against the Python runtime on ONNX Runtime: speed, start-up, memory.
+
+One run of each, on the same machine in the same invocation; the figures that matter are ratios.
+
+- in process: ``tpem_seg_cpp.Model.segment`` vs ``Segmenter(..., backend=OnnxRuntimeBackend(threads=N))``
+  on the same array, same ONNX Runtime threads, after one warm-up call each;
+- fresh processes: ``tpem-seg-cpp run IN.npy OUT.npy`` vs ``tpem-seg run IN.npy -o OUT.npy
+  --backend onnxruntime --device cpu`` (wall time and peak RSS of the child, start-up included);
+- streaming memory: peak RSS of a fresh process that streams a synthetic stack plane by plane
+  through ``tpem_seg_cpp.Model.stream``, for a stack and one 4x deeper (the slab bound says the
+  two should be close).
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_cpp.py --threads 2 \\
+        --out benchmarks/results/cpp_vessels-2p
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_VOLUME = ROOT.parent / "shared" / "data" / "vesselnn_2pm" / "images" / "poon2015_BBB_Leakage.tif"
+
+STREAM_SCRIPT = """
+import sys, numpy as np, tpem_seg_cpp
+package, z, y, x = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+model = tpem_seg_cpp.Model(package, threads=int(sys.argv[5]))
+rng = np.random.default_rng(0)
+reference = rng.integers(0, 255, size=(8, y, x), dtype=np.uint8)
+low, high = model.fit_normalization(reference)
+done = [0]
+def on_slab(z0, block):
+    done[0] += block.shape[0]
+stream = model.stream((1, z, y, x), np.uint8, on_slab, low=low, high=high)
+for k in range(z):
+    stream.push(reference[k % 8][None].copy())
+stream.finish()
+assert done[0] == z
+# VmHWM, not ru_maxrss: the latter starts at the parent's RSS at fork (Linux keeps it across exec)
+print([int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")][0])
+"""
+
+
+def _hwm_kb(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
+
+
+def run_child(argv: list[str], env: dict | None = None) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of a fresh child process.
+
+    The peak is the child's VmHWM polled every 20 ms (it only grows, so the last reading before exit
+    is the peak up to 20 ms of growth): wait4's ru_maxrss would start at this parent's RSS.
+    """
+    with tempfile.TemporaryFile() as stderr:
+        started = time.perf_counter()
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, _hwm_kb(proc.pid) or 0)
+            time.sleep(0.02)
+        seconds = time.perf_counter() - started
+        if proc.returncode != 0:
+            stderr.seek(0)
+            raise RuntimeError(f"{' '.join(argv)} failed: {stderr.read().decode()[-2000:]}")
+    return seconds, peak / 1024
+
+
+def in_process(package: Path, volume: np.ndarray, threads: int) -> dict:
+    import tpem_seg_cpp
+    from tpem_seg.models.package import open_package
+    from tpem_seg.runtime.backends.ort_backend import OnnxRuntimeBackend
+    from tpem_seg.runtime.segmenter import Segmenter
+
+    native = tpem_seg_cpp.Model(package, threads=threads)
+    python = Segmenter(package, backend=OnnxRuntimeBackend(open_package(package), device="cpu", threads=threads))
+    native.segment(volume[:, :16])  # warm-up: session and arena
+    python.segment(volume[:, :16], axes="CZYX")
+    started = time.perf_counter()
+    labels_native = native.segment(volume)
+    native_s = time.perf_counter() - started
+    started = time.perf_counter()
+    labels_python = python.segment(volume, axes="CZYX")
+    python_s = time.perf_counter() - started
+    return {"native_s": native_s, "python_s": python_s, "speedup": python_s / native_s,
+            "label_agreement": float((labels_native == labels_python).mean())}
+
+
+def fresh_processes(package: Path, volume: np.ndarray, threads: int) -> dict:
+    exe = Path(sys.executable).parent / "tpem-seg-cpp"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "in.npy"
+        np.save(src, volume[0])
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        native = run_child([str(exe), "run", str(src), str(Path(tmp) / "native.npy"), "--model", str(package),
+                            "--threads", str(threads)])
+        python = run_child([sys.executable, "-m", "tpem_seg.cli", "run", str(src), "-o", str(Path(tmp) / "python.npy"),
+                            "--model", str(package), "--backend", "onnxruntime", "--device", "cpu"], env=env)
+        agreement = float((np.load(Path(tmp) / "native.npy") == np.load(Path(tmp) / "python.npy")).mean())
+        # start-up alone: a volume of one tile
+        np.save(src, volume[0, :16, :64, :64])
+        native_start = run_child([str(exe), "run", str(src), str(Path(tmp) / "n1.npy"), "--model", str(package),
+                                  "--threads", str(threads)])
+        python_start = run_child([sys.executable, "-m", "tpem_seg.cli", "run", str(src), "-o",
+                                  str(Path(tmp) / "p1.npy"), "--model", str(package), "--backend", "onnxruntime",
+                                  "--device", "cpu"], env=env)
+    return {"native_s": native[0], "python_s": python[0], "speedup": python[0] / native[0],
+            "native_peak_mb": native[1], "python_peak_mb": python[1], "label_agreement": agreement,
+            "one_tile_native_s": native_start[0], "one_tile_python_s": python_start[0],
+            "startup_ratio": native_start[0] / python_start[0]}
+
+
+def stream_memory(package: Path, threads: int, depth: int, plane: int) -> dict:
+    peaks = {}
+    for z in (depth, 4 * depth):
+        started = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", STREAM_SCRIPT, str(package), str(z), str(plane), str(plane),
+                              str(threads)], check=True, capture_output=True, text=True)
+        peaks[z] = {"peak_mb": int(out.stdout.strip().splitlines()[-1]) / 1024,
+                    "volume_mb": z * plane * plane / 2 ** 20, "seconds": time.perf_counter() - started}
+    small, large = peaks[depth], peaks[4 * depth]
+    return {"runs": {str(k): v for k, v in peaks.items()}, "peak_ratio": large["peak_mb"] / small["peak_mb"]}
+
+
+def parity(threads: int) -> dict:
+    """Labels agreement and largest probability difference on every whole real volume at its voxel size."""
+    import csv
+
+    import tifffile
+
+    import tpem_seg_cpp
+    from tpem_seg.runtime.outputs import to_probabilities
+    from tpem_seg.runtime.segmenter import Segmenter
+
+    data = ROOT.parent / "shared" / "data"
+    cases = []
+    with open(data / "vesselnn_2pm" / "volumes.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            cases.append(("vessels-2p", data / "vesselnn_2pm" / "images" / f"{row['name']}.tif",
+                          tuple(float(row[f"spacing_{a}_um"]) for a in "zyx")))
+    cases.append(("tpem-2ch", data / "cellfinder_stpt" / "cellfinder_crop_2ch_CZYX.tif", (5.0, 2.0, 2.0)))
+    out = {}
+    for package, path, spacing in cases:
+        volume = np.ascontiguousarray(tifffile.imread(path))
+        volume = volume[None] if volume.ndim == 3 else volume
+        pkg = ROOT / "tpem_seg" / "zoo" / f"{package}.tpem"
+        native = tpem_seg_cpp.Model(pkg, threads=threads)
+        labels = native.segment(volume, spacing=spacing)
+        probabilities = native.segment(volume, spacing=spacing, output="probabilities")
+        with Segmenter(pkg, backend="onnxruntime", device="cpu") as python:
+            expected = python.segment(volume, axes="CZYX", spacing=spacing)
+        with Segmenter(pkg, backend="onnxruntime", device="cpu", output="logits") as python:
+            logits = python.segment(volume, axes="CZYX", spacing=spacing)
+        reference = to_probabilities(logits, native.info["activation"])
+        out[path.stem] = {"package": package, "shape": list(volume.shape), "spacing": list(spacing),
+                          "label_agreement": float((labels == expected).mean()),
+                          "max_abs_prob_diff": float(np.abs(probabilities - reference).max())}
+    return out
+
+
+def write_memory(args, volume: np.ndarray) -> int:
+    command = "PYTHONPATH=$PWD " + " ".join([Path(sys.executable).name, *sys.argv])
+    fp = fresh_processes(args.package, volume, args.threads)
+    sm = stream_memory(args.package, args.threads, args.stream_depth, args.stream_plane)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps({"command": command, "fresh_processes": fp,
+                                                         "stream_memory": sm}, indent=2) + "\n")
+    lines = [f"# Native runtime vs Python runtime: peak memory ({args.package.name})", "", f"Command: `{command}`", "",
+             f"Volume: {args.volume.name} {tuple(volume.shape[1:])} {volume.dtype}; peak = the child's VmHWM.", "",
+             "| fresh process, whole stack | native `tpem-seg-cpp run` | Python `tpem-seg run` |", "| --- | --- | --- |",
+             f"| wall time | {fp['native_s']:.2f} s | {fp['python_s']:.2f} s |",
+             f"| peak RSS | {fp['native_peak_mb']:.0f} MB | {fp['python_peak_mb']:.0f} MB |", "",
+             "Streaming (a fresh Python process pushing uint8 planes through tpem_seg_cpp.Model.stream):", "",
+             "| planes | volume | peak RSS | seconds |", "| --- | --- | --- | --- |",
+             *[f"| {z} | {r['volume_mb']:.1f} MB | {r['peak_mb']:.0f} MB | {r['seconds']:.1f} |"
+               for z, r in sm["runs"].items()],
+             "", f"Peak ratio (4x deeper stack / smaller): {sm['peak_ratio']:.3f}.", ""]
+    args.out.with_suffix(".md").write_text("\n".join(lines))
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--package", type=Path, default=ROOT / "tpem_seg" / "zoo" / "vessels-2p.tpem")
+    parser.add_argument("--volume", type=Path, default=DEFAULT_VOLUME)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--stream-depth", type=int, default=400, help="planes of the smaller streamed stack")
+    parser.add_argument("--stream-plane", type=int, default=128, help="Y = X of the streamed stack")
+    parser.add_argument("--out", type=Path, required=True, help="results path without suffix (.json and .md)")
+    parser.add_argument("--parity", action="store_true", help="instead: parity on every whole real volume")
+    parser.add_argument("--memory", action="store_true",
+                        help="instead: only the fresh-process and streaming peak memory")
+    args = parser.parse_args(argv)
+    if args.parity:
+        table = parity(args.threads)
+        command = "PYTHONPATH=$PWD " + " ".join([Path(sys.executable).name, *sys.argv])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps({"command": command, "volumes": table}, indent=2) + "\n")
+        lines = ["# Native runtime vs Python runtime (ONNX Runtime): parity on the whole real volumes", "",
+                 f"Command: `{command}`", "",
+                 "| volume | package | shape CZYX | voxel size (µm) | labels equal | max abs probability diff |",
+                 "| --- | --- | --- | --- | --- | --- |",
+                 *[f"| {k} | {v['package']} | {tuple(v['shape'])} | {tuple(v['spacing'])} | "
+                   f"{v['label_agreement']:.6f} | {v['max_abs_prob_diff']:.2e} |" for k, v in table.items()], ""]
+        args.out.with_suffix(".md").write_text("\n".join(lines))
+        sys.stdout.write("\n".join(lines) + "\n")
+        return 0
+
+    import tifffile
+
+    volume = np.ascontiguousarray(tifffile.imread(args.volume))[None]
+    if args.memory:
+        return write_memory(args, volume)
+    results = {
+        "command": "PYTHONPATH=$PWD " + " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other "
+                   f"jobs: timings are noisy)",
+        "volume": f"{args.volume.name} {tuple(volume.shape[1:])} {volume.dtype}",
+        "package": args.package.name, "threads": args.threads,
+        "in_process": in_process(args.package, volume, args.threads),
+        "fresh_processes": fresh_processes(args.package, volume, args.threads),
+        "stream_memory": stream_memory(args.package, args.threads, args.stream_depth, args.stream_plane),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    ip, fp, sm = results["in_process"], results["fresh_processes"], results["stream_memory"]
+    runs = sm["runs"]
+    lines = [
+        f"# Native runtime vs Python runtime on ONNX Runtime ({results['package']})", "",
+        f"Command: `{results['command']}`", "",
+        f"Machine: {results['machine']}. Volume: {results['volume']}. ONNX Runtime threads: {args.threads}.", "",
+        "| what | native (libtpem) | Python (tpem_seg) | Python / native |", "| --- | --- | --- | --- |",
+        f"| in process, one call | {ip['native_s']:.2f} s | {ip['python_s']:.2f} s | {ip['speedup']:.2f} |",
+        f"| fresh process, whole stack | {fp['native_s']:.2f} s, {fp['native_peak_mb']:.0f} MB peak | "
+        f"{fp['python_s']:.2f} s, {fp['python_peak_mb']:.0f} MB peak | {fp['speedup']:.2f} |",
+        f"| fresh process, one tile (start-up) | {fp['one_tile_native_s']:.2f} s | {fp['one_tile_python_s']:.2f} s | "
+        f"{1 / fp['startup_ratio']:.2f} |", "",
+        f"Labels agree on {ip['label_agreement']:.6f} (in process) and {fp['label_agreement']:.6f} (fresh processes) "
+        f"of the voxels.", "",
+        "Streaming memory (fresh Python process pushing uint8 planes through tpem_seg_cpp.Model.stream):", "",
+        "| planes | volume | peak RSS | seconds |", "| --- | --- | --- | --- |",
+        *[f"| {z} | {r['volume_mb']:.1f} MB | {r['peak_mb']:.0f} MB | {r['seconds']:.1f} |" for z, r in runs.items()],
+        "", f"Peak ratio (4x deeper stack / smaller): {sm['peak_ratio']:.3f}.", "",
+    ]
+    args.out.with_suffix(".md").write_text("\n".join(lines))
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
