@@ -60,7 +60,9 @@ def gaussian_weights(tile: Sequence[int], sigma_scale: float = 0.125) -> np.ndar
     """
     weights = np.ones((), dtype=np.float32)
     for t in tile:
-        x = np.arange(t, dtype=np.float32) - (t - 1) / 2.0
+        # The 1-D exponentials in float64, cast once: numpy's float32 exp and the C library's expf
+        # differ by one ulp on many entries, so both runtimes (this one and cpp_bindings) use float64.
+        x = np.arange(t, dtype=np.float64) - (t - 1) / 2.0
         sigma = sigma_scale * t
         g = np.exp(x ** 2 / (-2.0 * sigma ** 2)).astype(np.float32)
         weights = np.multiply.outer(weights, g)
