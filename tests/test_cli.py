@@ -2,14 +2,17 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 
-from conftest import SHARED_DATA
 from tpem_seg import read_volume, write_volume
 from tpem_seg.cli import main
+
+#: ../shared/data beside the project (the real stacks); tests that need it skip when absent.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 VESSELS = SHARED_DATA / "vesselnn_2pm"
 CELLFINDER = SHARED_DATA / "cellfinder_stpt" / "cellfinder_crop_2ch_CZYX.tif"
