@@ -20,7 +20,7 @@ from tpem_seg.models import ModelPackage, open_package
 from tpem_seg.runtime import Segmenter
 from tpem_seg.runtime.backends import create_backend
 from tpem_seg.runtime.backends.base import Backend
-from tpem_seg.runtime.outputs import finish
+from tpem_seg.runtime.outputs import OutputHead
 from tpem_seg.runtime.resample import needs_resampling
 from tpem_seg.runtime.tiling import plan_tiles
 
@@ -146,6 +146,6 @@ def segment(data: np.ndarray, spacing: Sequence[float] | None, request: SegmentR
         logits = segmenter.segment(volume)
         summary = segmenter.last_summary.line() if segmenter.last_summary else ""
     activation = package.manifest.activation
-    probabilities = finish(logits, activation, "probabilities") if request.probabilities else None
-    return SegmentResult(labels=finish(logits, activation, "labels"), probabilities=probabilities,
+    probabilities = OutputHead(activation, "probabilities").from_logits(logits) if request.probabilities else None
+    return SegmentResult(labels=OutputHead(activation, "labels").from_logits(logits), probabilities=probabilities,
                          classes=list(package.manifest.classes), model=package.name, summary=summary)
