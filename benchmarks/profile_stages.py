@@ -47,7 +47,8 @@ class Clock:
 
 def install(clock: Clock) -> None:
     from tpem_seg.io.volume import Volume
-    from tpem_seg.runtime import pipeline, segmenter, stitch
+    from tpem_seg.runtime import engine, outputs, segmenter, stitch
+    from tpem_seg.runtime import pipeline
     from tpem_seg.runtime.backends.base import Backend
     from tpem_seg.runtime.normalize import Normalizer
 
@@ -63,7 +64,7 @@ def install(clock: Clock) -> None:
     Backend.infer = clock.wrap("network", network)
     for name in ("add", "advance_raw"):
         setattr(stitch.Stitcher, name, clock.wrap("blend", getattr(stitch.Stitcher, name)))
-    segmenter.finish_sums = clock.wrap("blend", stitch.finish_sums)
+    outputs.OutputHead.from_sums = clock.wrap("blend", outputs.OutputHead.from_sums)
     real_iter = pipeline.iter_tiles
 
     def iter_tiles(*args, **kwargs):
@@ -80,7 +81,7 @@ def install(clock: Clock) -> None:
                 clock.seconds["read"] + clock.seconds["normalise"] - before)
             yield item
 
-    segmenter.iter_tiles = iter_tiles
+    engine.iter_tiles = iter_tiles
     real_open = segmenter.open_writer
 
     class TimedWriter:

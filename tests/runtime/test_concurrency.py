@@ -6,10 +6,8 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from tpem_seg.models import Manifest, NormalizationSpec, get_config, open_package, write_package
 from tpem_seg.models.package import ModelPackage
