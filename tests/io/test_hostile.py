@@ -7,7 +7,6 @@ sha256s) before and after the attempt.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -17,24 +16,10 @@ import numpy as np
 import pytest
 import tifffile
 
+from digests import tree_digest
 from tpem_seg.errors import InputError
 from tpem_seg.io import read_volume, write_volume
 from tpem_seg.io.limits import MEMORY_ENV
-
-
-def tree_digest(path: Path) -> str:
-    """sha256 over a file, or over a folder's relative names, link targets and file contents."""
-    h = hashlib.sha256()
-    if path.is_file() and not path.is_symlink():
-        h.update(path.read_bytes())
-        return h.hexdigest()
-    for entry in sorted(path.rglob("*")):
-        h.update(str(entry.relative_to(path)).encode())
-        if entry.is_symlink():
-            h.update(os.readlink(entry).encode())
-        elif entry.is_file():
-            h.update(entry.read_bytes())
-    return h.hexdigest()
 
 
 @contextlib.contextmanager

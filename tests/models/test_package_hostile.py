@@ -14,20 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from digests import tree_digest
 from tpem_seg.errors import PackageError
 from tpem_seg.models import Manifest, get_config, open_package, write_package
 from tpem_seg.models.package import DIGEST_KEY, MANIFEST, MAX_MANIFEST_BYTES, manifest_digest
-
-
-def tree_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    for entry in sorted(path.rglob("*")):
-        h.update(str(entry.relative_to(path)).encode())
-        if entry.is_symlink():
-            h.update(os.readlink(entry).encode())
-        elif entry.is_file():
-            h.update(entry.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.fixture
