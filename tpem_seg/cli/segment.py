@@ -78,8 +78,6 @@ def run(
 
     spacing_t = parse_numbers(spacing, "--spacing", 3, example="5,0.99,0.99")
     channel_list = parse_numbers(channels, "--channels", kind=int, example="0,1")
-    if channel_list is not None and (len(set(channel_list)) != len(channel_list) or min(channel_list) < 0):
-        raise InputError(f"--channels {channels!r} must name distinct channel indices from 0, e.g. 0,1")
     sources = expand_inputs(inputs)
     outputs = output_paths(sources, output, probabilities, name_template)
     check_outputs(sources, outputs)

@@ -73,7 +73,11 @@ class RunSettings:
         if self.output not in OUTPUTS:
             raise InputError(f"output {self.output!r} must be one of {OUTPUTS}")
         if self.channels is not None:
-            object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+            channels = tuple(int(c) for c in self.channels)
+            if len(set(channels)) != len(channels) or min(channels, default=0) < 0:
+                raise InputError(f"--channels {','.join(map(str, channels))} must name distinct channel indices "
+                                 f"from 0, e.g. 0,1")
+            object.__setattr__(self, "channels", channels)
         if self.block not in ("auto", "off"):
             object.__setattr__(self, "block", _block_sizes(self.block))
 
