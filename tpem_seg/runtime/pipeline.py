@@ -223,12 +223,16 @@ class BackgroundWriter:
         self._write = write
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
+        self._cancelled = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tpem-writer", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while True:
-            block = self._queue.get()
+        while not self._cancelled.is_set():
+            try:
+                block = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
             if block is _DONE:
                 return
             if self._error is None:
@@ -246,6 +250,15 @@ class BackgroundWriter:
         self._queue.put(_DONE)
         self._thread.join()
         self._raise_pending()
+
+    def cancel(self, timeout: float = 10.0) -> None:
+        """Drop what is not written yet and wait at most ``timeout`` s for the block in progress.
+
+        For a run that failed or was stopped: it does not touch the queue, whose lock a stop signal
+        may have interrupted mid-operation (waiting on it then could hang the process for good).
+        """
+        self._cancelled.set()
+        self._thread.join(timeout)
 
     def _raise_pending(self) -> None:
         if self._error is not None:

@@ -173,8 +173,10 @@ class Segmenter:
             background = BackgroundWriter(writer.write)
             try:
                 summary = self._segment_volume(volume, lambda first, block: background.submit(block))
-            finally:
-                background.close()
+            except BaseException:
+                background.cancel()  # the writer then removes its partial file
+                raise
+            background.close()
         self.last_summary = summary
         return summary
 
