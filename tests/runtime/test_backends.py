@@ -21,7 +21,7 @@ from tpem_seg.runtime.compare import compare_logits
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 #: Every backend as the conformance test runs it: (id, backend name, device, options).
-CASES = [("torch", "torch", "cpu", {}), ("onnxruntime", "onnxruntime", "cpu", {}),
+CASES = [("torch", "torch", "cpu", {}), ("onnxruntime", "onnxruntime", "cpu", {}), ("openvino", "openvino", "cpu", {}),
          ("tensorrt-stand-in", "tensorrt", "cuda", {"build": True}), ("tensorrt", "tensorrt", "cuda", {})]
 
 
@@ -167,13 +167,17 @@ def test_unknown_backend_and_missing_gpu_are_user_errors(package_2ch):
             create_backend("onnxruntime", package_2ch, device="cuda")
 
 
-def test_onnxruntime_backend_does_not_import_torch(package_2ch):
+@pytest.mark.parametrize("name", ["onnxruntime", "openvino"])
+def test_onnx_backends_do_not_import_torch(name, package_2ch):
     import subprocess
     import sys
 
+    reason = unavailable(name, "cpu", "fp32", package_2ch)
+    if reason:
+        pytest.skip(f"{name} cannot run here: {reason}")
     code = ("import sys, numpy as np\n"
             "from tpem_seg import Segmenter\n"
-            f"seg = Segmenter({str(package_2ch.path)!r}, backend='onnxruntime', device='auto')\n"
+            f"seg = Segmenter({str(package_2ch.path)!r}, backend={name!r}, device='cpu')\n"
             "seg.segment(np.random.rand(2, 16, 40, 40).astype('float32'), axes='CZYX')\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True)

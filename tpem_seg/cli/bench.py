@@ -72,7 +72,7 @@ def bench(
     input: str = typer.Argument(..., metavar="INPUT", help="a volume file, or synthetic:Z,Y,X"),
     model: str = typer.Option(..., "--model", "-m", help="bundled package name, NAME.tpem path, or an "
                               "architecture (unetr-b16, unetr-s16, ...) for random weights"),
-    backends: str = typer.Option("torch,onnxruntime,tensorrt", help="comma-separated: torch, onnxruntime, tensorrt"),
+    backends: str = typer.Option("torch,onnxruntime,tensorrt", help="comma-separated: torch, onnxruntime, openvino, tensorrt"),
     precisions: Optional[str] = typer.Option(None, help="comma-separated: fp32, bf16, fp16, int8 (onnxruntime) "
                                              "[default: fp32,bf16 on a CPU; fp32,fp16,bf16 on a GPU]"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
@@ -103,7 +103,9 @@ def bench(
     from tpem_seg.runtime.devices import resolve_device
 
     device = resolve_device(device)
-    backend_names = parse_choices(backends, "--backends", ("torch", "onnxruntime", "tensorrt"))
+    from tpem_seg.runtime.backends import BACKENDS
+
+    backend_names = parse_choices(backends, "--backends", tuple(BACKENDS))
     precision_names = parse_choices(precisions or ("fp32,fp16,bf16" if device.startswith("cuda") else "fp32,bf16"),
                              "--precisions", ("fp32", "fp16", "bf16", "int8"))
     if repeats < 1 or warmup < 1:

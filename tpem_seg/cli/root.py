@@ -22,7 +22,7 @@ log = logging.getLogger("tpem_seg")
 
 
 #: Distributions behind the backends, for --version (their metadata only: nothing is imported).
-BACKEND_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "torch", "tensorrt")
+BACKEND_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "openvino", "torch", "tensorrt")
 
 
 def _print_version(value: bool) -> None:

@@ -40,7 +40,7 @@ def run(
     output: Path = typer.Option(..., "--output", "-o", help="output file (.tif, .npy, .zarr), or a folder"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="bundled name or NAME.tpem path "
                                         "[default: the bundled model for the input's channel count]"),
-    backend: str = typer.Option("auto", help="auto | torch | onnxruntime | tensorrt"),
+    backend: str = typer.Option("auto", help="auto | torch | onnxruntime | openvino | tensorrt"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     precision: Optional[str] = typer.Option(None, help="fp32 | fp16 | bf16 [default: fp32, or the tuned choice]"),
     overlap: float = typer.Option(0.25, help="tile overlap fraction per axis"),
@@ -115,7 +115,7 @@ def demo(
     output: Path = typer.Option(Path("tpem-demo"), "--output", "-o", help="folder for the demo's files"),
     model: str = typer.Option("tpem-2ch", help="a two-channel (vessel, neuron) package"),
     seed: int = typer.Option(2024, help="simulation seed"),
-    backend: str = typer.Option("auto", help="auto | torch | onnxruntime | tensorrt"),
+    backend: str = typer.Option("auto", help="auto | torch | onnxruntime | openvino | tensorrt"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
 ) -> None:
     """Simulate a two-channel stack, segment it, write an MIP overlay PNG, print Dice against the truth."""
@@ -145,7 +145,7 @@ def info() -> None:
 
     lines = [f"tpem-seg {__version__}", f"python {platform.python_version()} ({platform.machine()})",
              f"numpy {np.__version__}"]
-    lines += [f"{d} {version_of(d)}" for d in ("onnxruntime", "onnxruntime-gpu", "torch", "monai", "tensorrt",
+    lines += [f"{d} {version_of(d)}" for d in ("onnxruntime", "onnxruntime-gpu", "openvino", "torch", "monai", "tensorrt",
                                                 "tifffile", "imagecodecs", "zarr")]
     lines.append(f"cpu: {cpu_model()}, {cpu_count()} cores, native bf16: {cpu_supports_bf16()}")
     lines.append(f"cuda GPUs: {cuda_device_count()}")

@@ -86,7 +86,7 @@ def cpu_flags() -> tuple[str, ...]:
 
 
 #: The distributions whose versions a timing (and a tuned configuration) depends on.
-LIBRARIES = ("tpem-seg", "numpy", "torch", "monai", "onnxruntime", "onnxruntime-gpu", "tensorrt")
+LIBRARIES = ("tpem-seg", "numpy", "torch", "monai", "onnxruntime", "onnxruntime-gpu", "tensorrt", "openvino")
 
 
 def library_versions(dists=LIBRARIES) -> dict[str, str | None]:

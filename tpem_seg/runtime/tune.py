@@ -6,8 +6,10 @@ that are installed here on a few real tiles of its input, keeps the faithful one
 the fastest, as TensorRT's timing cache or cuDNN's benchmark mode do:
 
 - candidates (:func:`candidates`): ONNX Runtime fp32 (intra-op threads, spinning), PyTorch fp32,
-  and PyTorch bf16 where the CPU has native bf16; each at a few batch sizes, timed on the same
-  loaded backend, one pass over the tiles per batch size after a warm-up call;
+  OpenVINO fp32, and PyTorch and OpenVINO bf16 where the CPU has native bf16 (those that are
+  installed); each at a few batch sizes, timed on the same loaded backend (OpenVINO, compiled
+  for one batch size, gets a row per size), one pass over the tiles per batch size after a
+  warm-up call;
 - faithful: against the package's fp32 reference (PyTorch with its weights, else ONNX Runtime)
   on the same tiles, labels equal on at least :data:`MIN_LABEL_AGREEMENT` of the voxels and
   probabilities within the package's parity tolerance (:func:`tolerance`);
@@ -209,7 +211,10 @@ def candidates(package: ModelPackage, cores: int | None = None) -> list[tuple[Ba
         rows.append((BackendSpec("onnxruntime", "cpu", "fp32", {"threads": cores - 1}), (2,)))
     if cpu_supports_bf16():
         rows.append((BackendSpec("torch", "cpu", "bf16", {"threads": cores}), (8, 4)))
+        # OpenVINO compiles one batch size per backend: one row each.
+        rows += [(BackendSpec("openvino", "cpu", "bf16", {"threads": cores, "batch_size": b}), (b,)) for b in (8, 4)]
     rows.append((BackendSpec("torch", "cpu", "fp32", {"threads": cores}), (2, 4)))
+    rows.append((BackendSpec("openvino", "cpu", "fp32", {"threads": cores, "batch_size": 8}), (8,)))
     return [(spec, sizes) for spec, sizes in rows
             if unavailable(spec.name, spec.device, spec.precision, package, **spec.options) is None]
 

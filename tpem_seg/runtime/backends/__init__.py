@@ -2,8 +2,8 @@
 
 ``create_backend("auto", ...)`` picks the first backend that can run here, in the order
 TensorRT on a CUDA GPU, then ONNX Runtime (GPU providers where installed), PyTorch on
-CUDA; on the CPU ONNX Runtime, then PyTorch. Each class answers for itself whether it can
-(:meth:`Backend.unavailable`). The CLI, the bench, export parity and the tuner all build
+CUDA; on the CPU ONNX Runtime, then PyTorch (OpenVINO, CPU only, runs when named or when a
+tuning run chose it). Each class answers for itself whether it can (:meth:`Backend.unavailable`). The CLI, the bench, export parity and the tuner all build
 their backends here.
 """
 
@@ -24,6 +24,7 @@ BACKENDS = {
     "tensorrt": "tpem_seg.runtime.backends.tensorrt_backend:TensorRTBackend",
     "onnxruntime": "tpem_seg.runtime.backends.ort_backend:OnnxRuntimeBackend",
     "torch": "tpem_seg.runtime.backends.torch_backend:TorchBackend",
+    "openvino": "tpem_seg.runtime.backends.openvino_backend:OpenVINOBackend",
 }
 
 

@@ -38,7 +38,7 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 class BackendSpec:
     """Which backend to build: a value, so a configuration can be named, cached, compared and logged.
 
-    name: ``auto``, ``torch``, ``onnxruntime`` or ``tensorrt``; device: ``auto``, ``cpu``,
+    name: ``auto``, ``torch``, ``onnxruntime``, ``openvino`` or ``tensorrt``; device: ``auto``, ``cpu``,
     ``cuda`` or ``cuda:N``; precision: one of :data:`PRECISIONS`; options: the backend's own
     constructor options (its ``OPTIONS``), e.g. ``{"threads": 2}`` for ONNX Runtime or
     ``{"channels_last": True}`` for torch. Options are held read-only.

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from tpem_seg.errors import InputError
-from tpem_seg.runtime.backends import BackendSpec
+from tpem_seg.runtime.backends import BACKENDS, BackendSpec
 from tpem_seg.runtime.compare import Agreement
 
 BASELINE = "baseline"
@@ -18,9 +18,9 @@ class BenchConfig:
     """One configuration to time.
 
     backend: ``baseline`` (MONAI sliding window over the torch backend, eager fp32), ``torch``,
-    ``onnxruntime`` or ``tensorrt``; precision: fp32, fp16, bf16, or int8 (onnxruntime: a
+    ``onnxruntime``, ``openvino`` or ``tensorrt``; precision: fp32, fp16, bf16, or int8 (onnxruntime: a
     statically quantised QDQ copy of the model); compile / cuda_graphs / channels_last /
-    cast_weights: torch backend options; spinning / threads: onnxruntime's.
+    cast_weights: torch backend options; spinning: onnxruntime's; threads: the backend's intra-op threads.
     """
 
     backend: str
@@ -37,7 +37,7 @@ class BenchConfig:
     @property
     def name(self) -> str:
         """``backend-precision[-flag...]``, flags: compile, graphs, cl (channels-last), cast (weights cast to
-        the precision instead of autocast), nospin, t<N> (ONNX Runtime threads); ``@cuda`` on a GPU.
+        the precision instead of autocast), nospin, t<N> (intra-op threads); ``@cuda`` on a GPU.
         :meth:`parse` reads it back."""
         if self.label:
             return self.label
@@ -53,7 +53,7 @@ class BenchConfig:
     def parse(cls, name: str, device: str = "cpu") -> "BenchConfig":
         """The configuration :attr:`name` describes, e.g. ``torch-bf16-cl`` or ``onnxruntime-fp32-nospin-t1``."""
         parts = name.split("@")[0].split("-")
-        if len(parts) < 2 or parts[0] not in ("torch", "onnxruntime", "tensorrt"):
+        if len(parts) < 2 or parts[0] not in BACKENDS:
             raise InputError(f"configuration {name!r} must read BACKEND-PRECISION[-FLAG...], e.g. torch-bf16-cl")
         kwargs: dict = {}
         switches = {"compile": ("compile", True), "graphs": ("cuda_graphs", True), "cl": ("channels_last", True),
