@@ -12,6 +12,7 @@ pytest.importorskip("monai")
 
 from tpem_seg.errors import InputError  # noqa: E402
 from tpem_seg.runtime import bench as B  # noqa: E402
+from tpem_seg.runtime.backends import BackendSpec  # noqa: E402
 from tpem_seg.runtime.backends.ort_backend import OnnxRuntimeBackend  # noqa: E402
 
 #: Quick matmul peaks and one repeat of everything: the figures, not their accuracy, are tested.
@@ -122,9 +123,12 @@ def test_reports_carry_the_command_machine_and_table(report, tmp_path):
 
 
 def test_configuration_names_round_trip():
-    for name in ("torch-bf16-cl-cast", "onnxruntime-fp32-nospin-t1", "torch-fp16-compile-graphs"):
+    for name in ("torch-bf16-cl-cast", "onnxruntime-fp32-nospin-t1", "torch-fp16-compile-graphs", "openvino-bf16-t2"):
         assert B.BenchConfig.parse(name).name == name
     assert B.BenchConfig.parse("torch-bf16-cast").cast_weights
+    assert B.BenchConfig.parse("openvino-bf16-t2").spec() == BackendSpec("openvino", "cpu", "bf16", {"threads": 2})
+    with pytest.raises(InputError, match="BACKEND-PRECISION"):
+        B.BenchConfig.parse("tflite-fp32")
     with pytest.raises(InputError, match="unknown flag"):
         B.BenchConfig.parse("torch-bf16-fast")
 

@@ -314,8 +314,10 @@ def _over(started: float, budget_s: float, trials: list[Trial]) -> bool:
 
 def _trial(spec: BackendSpec, batch_size: int, seconds: float, a: Agreement, max_prob_diff: float) -> Trial:
     ok = a.within(MIN_LABEL_AGREEMENT, max_prob_diff)
-    reason = None if ok else (f"labels agree on {a.voxel_agreement:.4%} (< {MIN_LABEL_AGREEMENT:.1%}) or max |dp| "
-                              f"{a.max_abs_prob_diff:.2e} > {max_prob_diff:g}")
+    failed = ([f"labels agree on {a.voxel_agreement:.4%} (< {MIN_LABEL_AGREEMENT:.1%})"]
+              if a.voxel_agreement < MIN_LABEL_AGREEMENT else [])
+    failed += [f"max |dp| {a.max_abs_prob_diff:.2e} > {max_prob_diff:g}"] if a.max_abs_prob_diff > max_prob_diff else []
+    reason = None if ok else " and ".join(failed)
     return Trial(spec.to_dict(), batch_size, seconds, a.voxel_agreement, a.max_abs_prob_diff, ok, reason)
 
 

@@ -113,8 +113,10 @@ class OpenVINOBackend(Backend):
                 self._padded[:len(chunk)] = chunk
                 self._padded[len(chunk):] = 0.0
                 chunk = self._padded
-            # The output tensor is the request's own buffer, reused by the next call: copy it out.
-            out[start:start + size] = self._request.infer({0: chunk})[0][:len(out) - start]
+            # Zero-copy both ways: the request reads the (contiguous) chunk in place, and its output
+            # is the request's own buffer, reused by the next call: copied out once, here.
+            logits = self._request.infer({0: np.ascontiguousarray(chunk)}, share_inputs=True, share_outputs=True)[0]
+            out[start:start + size] = logits[:len(out) - start]
         return out
 
     def _close(self) -> None:
