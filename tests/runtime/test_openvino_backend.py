@@ -80,3 +80,16 @@ def test_bf16_agrees_with_onnxruntime(package_2ch):
             create_backend("onnxruntime", package_2ch, device="cpu") as ref:
         a = compare_logits(low.infer(x), ref.infer(x), package_2ch.manifest.classes)
     assert a.voxel_agreement > 0.99 and a.max_abs_prob_diff < 0.1, a
+
+
+def test_the_run_batch_size_is_the_compiled_one(package_2ch):
+    """A run's batch size reaches the backend, so OpenVINO compiles for it instead of padding each call."""
+    from tpem_seg import Segmenter
+
+    volume = np.random.default_rng(3).random((2, 16, 40, 40), dtype=np.float32)
+    with Segmenter(package_2ch, backend="openvino", device="cpu", batch_size=3) as three, \
+            Segmenter(package_2ch, backend="openvino", device="cpu") as default:
+        assert three.backend.static_batch == 3 and default.backend.static_batch == default.backend.default_batch_size()
+        labels = three.segment(volume, axes="CZYX")
+        assert labels.shape == (16, 40, 40)
+        assert np.mean(labels == default.segment(volume, axes="CZYX")) > 0.999

@@ -46,6 +46,8 @@ def test_a_second_run_does_not_tune_again(cache, stack, package_2ch, monkeypatch
     second = T.backend_for_run(package_2ch, stack)
     assert len(calls) == 1, "tuned twice for the same key"
     assert second.describe() == first.describe() and second.default_batch_size() == first.default_batch_size()
+    assert T.backend_for_run(package_2ch, stack, batch_size=3).default_batch_size() == 3  # --batch-size wins
+    assert len(calls) == 1
     result = T.cached(package_2ch)
     assert result.spec.options["batch_size"] == first.default_batch_size()
     assert [r.package for r in T.cached_here()] == [package_2ch.manifest.name]
@@ -104,6 +106,7 @@ def test_explicit_flags_and_no_tune_skip_tuning(cache, stack, package_2ch):
     assert T.backend_for_run(package_2ch, stack, backend="onnxruntime").name == "onnxruntime"
     assert T.backend_for_run(package_2ch, stack, precision="bf16").name == "torch"
     assert T.backend_for_run(package_2ch, stack, tune_here=False).name == "onnxruntime"
+    assert T.backend_for_run(package_2ch, stack, backend="onnxruntime", batch_size=3).default_batch_size() == 3
     assert not cache.exists() or not list(cache.glob("*.json"))
 
 

@@ -89,7 +89,8 @@ def run(
         return
     package = open_package(model or default_model_for(jobs[0][0], axes, channel_list))
     chosen = backend_for_run(package, jobs[0][0], backend=backend, device=device, precision=precision,
-                             tune_here=tune, axes=axes, channels=channel_list, overlap=overlap)
+                             tune_here=tune, axes=axes, channels=channel_list, overlap=overlap,
+                             batch_size=batch_size)
     records = JsonLines(json_out)
     with Segmenter(package, backend=chosen,
                    output="probabilities" if probabilities else "labels", channels=channel_list,

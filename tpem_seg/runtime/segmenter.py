@@ -109,8 +109,11 @@ class Segmenter:
                 raise InputError(f"backend {backend.describe()} was made for another network than {self.package.name}")
             self.backend = backend
         else:
+            # The run's batch size is the backend's too: a backend compiled for a fixed batch (OpenVINO)
+            # then compiles for it instead of padding every call.
+            batch = {"batch_size": self.settings.tiles.batch_size} if self.settings.tiles.batch_size else {}
             self.backend = create_backend(backend, self.package, device=device, precision=precision,
-                                          **(backend_options or {}))
+                                          **{**batch, **(backend_options or {})})
         if self.settings.tiles.skip_empty and self.package.manifest.normalization.mode == "none":
             raise InputError(f"skip_empty needs an intensity scale, but {self.package.name} does no normalisation; "
                              f"drop --skip-empty")

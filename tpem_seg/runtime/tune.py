@@ -286,27 +286,29 @@ def tune(package: ModelPackage, tiles: np.ndarray, *, budget_s: float = DEFAULT_
 def backend_for_run(package: ModelPackage, src: str | os.PathLike, *, backend: str = "auto", device: str = "auto",
                     precision: str | None = None, tune_here: bool = True, axes: str | None = None,
                     channels: Sequence[int] | None = None, overlap: float = 0.25,
-                    budget_s: float = DEFAULT_BUDGET_S) -> Backend:
+                    budget_s: float = DEFAULT_BUDGET_S, batch_size: int | None = None) -> Backend:
     """The (unloaded) backend ``tpem-seg run`` uses. Explicit flags win: a named backend, a named
     precision, a GPU, or ``tune_here`` False (``--no-tune``) give :func:`create_backend` of what was
     asked. Otherwise (``--backend auto`` on a CPU) the cached tuned choice for this package and
-    machine, tuned now on ``src``'s tiles when there is none."""
+    machine, tuned now on ``src``'s tiles when there is none. ``batch_size`` (``--batch-size``)
+    replaces the backend's own or the tuned one."""
     from tpem_seg.io import read_volume
     from tpem_seg.runtime.devices import resolve_device
 
+    batch = {"batch_size": batch_size} if batch_size else {}
     explicit = backend != "auto" or precision is not None or not tune_here or os.environ.get(NO_TUNE_ENV) == "1"
     if explicit or resolve_device(device) != "cpu":
-        return create_backend(backend, package, device=device, precision=precision or "fp32")
+        return create_backend(backend, package, device=device, precision=precision or "fp32", **batch)
     hit = cached(package)
     if hit is not None:
         log.info("tuned configuration from the cache: %s", hit.spec.line())
-        return create_backend(hit.spec, package)
+        return create_backend(hit.spec.replace(options=batch), package)
     volume = read_volume(src, axes=axes)
     if (len(channels) if channels is not None else volume.n_channels) != package.manifest.config.in_channels:
         # Not this network's input: the Segmenter refuses it with the fix; nothing to tune on.
-        return create_backend("auto", package, device="cpu")
+        return create_backend("auto", package, device="cpu", **batch)
     tiles = sample_tiles(volume, package, overlap=overlap, channels=channels)
-    return create_backend(tune(package, tiles, budget_s=budget_s).spec, package)
+    return create_backend(tune(package, tiles, budget_s=budget_s).spec.replace(options=batch), package)
 
 
 def _over(started: float, budget_s: float, trials: list[Trial]) -> bool:
