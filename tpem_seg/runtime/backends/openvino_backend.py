@@ -10,8 +10,10 @@ Two things make it fast on small tiles:
 - instance norm as one ``MVN`` operation: the export writes each 5D InstanceNormalization as a
   hierarchical decomposition (three ReduceMean per statistic, accurate in ONNX Runtime's float32,
   see :func:`tpem_seg.export.onnx.decompose_instance_norm`), which OpenVINO runs as separate
-  reductions, a third of its time; :func:`fuse_instance_norms` folds each back into OpenVINO's
-  MVN (same formula, ``(x - mean) / sqrt(var + eps)`` per sample and channel).
+  reductions (a third of the layer time in its per-layer counters, bf16 at batch 8; the
+  end-to-end effect: benchmarks/results/openvino_tiles_*.md); :func:`fuse_instance_norms`
+  folds each back into OpenVINO's MVN (same formula, ``(x - mean) / sqrt(var + eps)`` per
+  sample and channel).
 """
 
 from __future__ import annotations
