@@ -7,7 +7,7 @@ labels and probabilities compared with the package's fp32 reference (torch).
 Wall and CPU milliseconds per tile (best of two passes after a warm-up call); on a shared machine
 the load average is recorded and the ratios to the first configuration are what to read.
 
-    python benchmarks/openvino_tiles.py STACK.tif OUT.json [--model vessels-2p] [--rounds 3] [--tiles 24]
+    python benchmarks/openvino_tiles.py STACK.tif OUT.json [--model vessels-2p] [--rounds 3] [--tiles 24] [--configs A,B]
 
 writes OUT.json and OUT.md.
 """
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="vessels-2p")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tiles", type=int, default=24)
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated, from: " + ", ".join(CONFIGS))
     args = parser.parse_args(argv)
     from tpem_seg.io import read_volume
     from tpem_seg.models import open_package
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     np.save(work / "tiles.npy", tiles)
     with create_backend("torch", package, device="cpu") as ref:
         reference = np.concatenate([ref.infer(tiles[i:i + 2]) for i in range(0, len(tiles), 2)])
-    names = [n for n, (b, p, _, _) in CONFIGS.items() if unavailable(b, "cpu", p, package) is None]
+    names = [n for n in args.configs.split(",") if unavailable(CONFIGS[n][0], "cpu", CONFIGS[n][1], package) is None]
     samples: dict[str, list[dict]] = {n: [] for n in names}
     for round_ in range(args.rounds):
         for name in names:
