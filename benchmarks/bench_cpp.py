@@ -135,40 +135,106 @@ def stream_memory(package: Path, threads: int, depth: int, plane: int) -> dict:
     return {"runs": {str(k): v for k, v in peaks.items()}, "peak_ratio": large["peak_mb"] / small["peak_mb"]}
 
 
-def parity(threads: int) -> dict:
-    """Labels agreement and largest probability difference on every whole real volume at its voxel size."""
+def parity_cases(only: set[str] | None) -> list[tuple[str, Path, tuple[float, float, float]]]:
+    """(package, volume path, voxel size z, y, x in µm) for every real volume, smallest first.
+
+    Each package runs on the volumes whose channel count it takes: vessels-2p (one channel) on the six
+    one-channel vesselNN stacks, tpem-2ch (two channels) on the two-channel cellfinder crop. Not run:
+    tpem-2ch on vesselNN (one channel, the model needs two) and vessels-2p on cellfinder (two channels
+    and no vessel channel among them: signal and autofluorescence).
+    """
     import csv
 
+    data = ROOT.parent / "shared" / "data"
+    cases = []
+    with open(data / "vesselnn_2pm" / "volumes.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            voxels = int(row["z"]) * int(row["y"]) * int(row["x"]) * (5.0 / float(row["spacing_z_um"])) * \
+                (0.994 / float(row["spacing_y_um"])) * (0.994 / float(row["spacing_x_um"]))
+            cases.append((voxels, "vessels-2p", data / "vesselnn_2pm" / "images" / f"{row['name']}.tif",
+                          tuple(float(row[f"spacing_{a}_um"]) for a in "zyx")))
+    cases.append((2 * 30 * 510 * 667 * 4, "tpem-2ch", data / "cellfinder_stpt" / "cellfinder_crop_2ch_CZYX.tif",
+                  (5.0, 2.0, 2.0)))
+    return [case[1:] for case in sorted(cases, key=lambda c: c[0]) if only is None or case[2].stem in only]
+
+
+def parity_one(package: str, path: Path, spacing: tuple[float, float, float], threads: int) -> dict:
+    """Native labels and probabilities against ``tpem-seg run --backend onnxruntime`` (labels, a fresh
+    process, exactly as a user runs it) and the Python Segmenter's float32 logits on the same backend
+    (probabilities: the CLI writes them as float16, too coarse for a 1e-4 tolerance)."""
     import tifffile
 
     import tpem_seg_cpp
     from tpem_seg.runtime.outputs import to_probabilities
     from tpem_seg.runtime.segmenter import Segmenter
 
-    data = ROOT.parent / "shared" / "data"
-    cases = []
-    with open(data / "vesselnn_2pm" / "volumes.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            cases.append(("vessels-2p", data / "vesselnn_2pm" / "images" / f"{row['name']}.tif",
-                          tuple(float(row[f"spacing_{a}_um"]) for a in "zyx")))
-    cases.append(("tpem-2ch", data / "cellfinder_stpt" / "cellfinder_crop_2ch_CZYX.tif", (5.0, 2.0, 2.0)))
-    out = {}
-    for package, path, spacing in cases:
-        volume = np.ascontiguousarray(tifffile.imread(path))
-        volume = volume[None] if volume.ndim == 3 else volume
-        pkg = ROOT / "tpem_seg" / "zoo" / f"{package}.tpem"
-        native = tpem_seg_cpp.Model(pkg, threads=threads)
-        labels = native.segment(volume, spacing=spacing)
-        probabilities = native.segment(volume, spacing=spacing, output="probabilities")
-        with Segmenter(pkg, backend="onnxruntime", device="cpu") as python:
-            expected = python.segment(volume, axes="CZYX", spacing=spacing)
-        with Segmenter(pkg, backend="onnxruntime", device="cpu", output="logits") as python:
-            logits = python.segment(volume, axes="CZYX", spacing=spacing)
-        reference = to_probabilities(logits, native.info["activation"])
-        out[path.stem] = {"package": package, "shape": list(volume.shape), "spacing": list(spacing),
-                          "label_agreement": float((labels == expected).mean()),
-                          "max_abs_prob_diff": float(np.abs(probabilities - reference).max())}
-    return out
+    volume = np.ascontiguousarray(tifffile.imread(path))
+    volume = volume[None] if volume.ndim == 3 else volume
+    pkg = ROOT / "tpem_seg" / "zoo" / f"{package}.tpem"
+    seconds = {}
+    started = time.perf_counter()
+    native = tpem_seg_cpp.Model(pkg, threads=threads)
+    labels = native.segment(volume, spacing=spacing)
+    seconds["native_labels"] = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "in.npy", Path(tmp) / "labels.npy"
+        np.save(src, volume)
+        started = time.perf_counter()
+        run_child([sys.executable, "-m", "tpem_seg.cli", "run", str(src), "-o", str(dst), "--model", str(pkg),
+                   "--backend", "onnxruntime", "--device", "cpu", "--axes", "CZYX",
+                   "--spacing", ",".join(str(s) for s in spacing), "--no-progress"],
+                  env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        seconds["python_cli_labels"] = time.perf_counter() - started
+        expected = np.load(dst)
+    started = time.perf_counter()
+    probabilities = native.segment(volume, spacing=spacing, output="probabilities")
+    seconds["native_probabilities"] = time.perf_counter() - started
+    started = time.perf_counter()
+    with Segmenter(pkg, backend="onnxruntime", device="cpu", output="logits") as python:
+        logits = python.segment(volume, axes="CZYX", spacing=spacing)
+    seconds["python_logits"] = time.perf_counter() - started
+    reference = to_probabilities(logits, native.info["activation"])
+    difference = np.abs(probabilities - reference)
+    return {"package": package, "shape": list(volume.shape), "spacing": list(spacing),
+            "model_spacing": list(native.info["spacing"]) if "spacing" in native.info else None,
+            "labels_shape": list(labels.shape), "label_agreement": float((labels == expected).mean()),
+            "labels_differing": int((labels != expected).sum()),
+            "max_abs_prob_diff": float(difference.max()), "mean_abs_prob_diff": float(difference.mean()),
+            "seconds": seconds}
+
+
+def write_parity(args) -> int:
+    """Run parity volume by volume, rewriting the JSON and md after each so a cut run keeps its data."""
+    command = "PYTHONPATH=$PWD " + " ".join([Path(sys.executable).name, *sys.argv])
+    only = set(args.only.split(",")) if args.only else None
+    record = {"command": command, "machine": machine(), "threads": args.threads,
+              "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "volumes": {}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for package, path, spacing in parity_cases(only):
+        record["volumes"][path.stem] = parity_one(package, path, spacing, args.threads)
+        record["updated_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+        table = record["volumes"]
+        args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+        lines = ["# Native runtime vs Python runtime (ONNX Runtime): parity on the whole real volumes", "",
+                 f"Command: `{command}`", "", f"Machine: {record['machine']}. Threads: {args.threads}. "
+                 f"Run {record['started_utc']} to {record['updated_utc']} UTC.", "",
+                 "Labels: `tpem_seg_cpp.Model.segment` vs `tpem-seg run --backend onnxruntime --device cpu` "
+                 "(fresh process). Probabilities: native float32 vs softmax of the Python Segmenter's "
+                 "float32 logits (ONNX Runtime).", "",
+                 "| volume | package | shape CZYX | voxel size (µm) | labels equal | voxels differing | "
+                 "max abs probability diff | mean abs diff |", "| --- | --- | --- | --- | --- | --- | --- | --- |",
+                 *[f"| {k} | {v['package']} | {tuple(v['shape'])} | {tuple(v['spacing'])} | "
+                   f"{v['label_agreement']:.6f} | {v['labels_differing']} | {v['max_abs_prob_diff']:.2e} | "
+                   f"{v['mean_abs_prob_diff']:.1e} |" for k, v in table.items()], ""]
+        args.out.with_suffix(".md").write_text("\n".join(lines))
+        sys.stdout.write(lines[-2] + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other jobs: " \
+           f"timings are noisy)"
 
 
 def write_memory(args, volume: np.ndarray) -> int:
@@ -202,23 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream-plane", type=int, default=128, help="Y = X of the streamed stack")
     parser.add_argument("--out", type=Path, required=True, help="results path without suffix (.json and .md)")
     parser.add_argument("--parity", action="store_true", help="instead: parity on every whole real volume")
+    parser.add_argument("--only", help="with --parity: comma-separated volume names (file stems)")
     parser.add_argument("--memory", action="store_true",
                         help="instead: only the fresh-process and streaming peak memory")
     args = parser.parse_args(argv)
     if args.parity:
-        table = parity(args.threads)
-        command = "PYTHONPATH=$PWD " + " ".join([Path(sys.executable).name, *sys.argv])
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps({"command": command, "volumes": table}, indent=2) + "\n")
-        lines = ["# Native runtime vs Python runtime (ONNX Runtime): parity on the whole real volumes", "",
-                 f"Command: `{command}`", "",
-                 "| volume | package | shape CZYX | voxel size (µm) | labels equal | max abs probability diff |",
-                 "| --- | --- | --- | --- | --- | --- |",
-                 *[f"| {k} | {v['package']} | {tuple(v['shape'])} | {tuple(v['spacing'])} | "
-                   f"{v['label_agreement']:.6f} | {v['max_abs_prob_diff']:.2e} |" for k, v in table.items()], ""]
-        args.out.with_suffix(".md").write_text("\n".join(lines))
-        sys.stdout.write("\n".join(lines) + "\n")
-        return 0
+        return write_parity(args)
 
     import tifffile
 
@@ -227,8 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         return write_memory(args, volume)
     results = {
         "command": "PYTHONPATH=$PWD " + " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other "
-                   f"jobs: timings are noisy)",
+        "machine": machine(),
         "volume": f"{args.volume.name} {tuple(volume.shape[1:])} {volume.dtype}",
         "package": args.package.name, "threads": args.threads,
         "in_process": in_process(args.package, volume, args.threads),
