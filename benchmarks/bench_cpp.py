@@ -127,10 +127,13 @@ def parity_cases(only: set[str] | None) -> list[tuple[str, Path, tuple[float, fl
     return [case[1:] for case in sorted(cases, key=lambda c: c[0]) if only is None or case[2].stem in only]
 
 
-def parity_one(package: str, path: Path, spacing: tuple[float, float, float], threads: int) -> dict:
+def parity_one(package: str, path: Path, spacing: tuple[float, float, float], threads: int):
     """Native labels and probabilities against ``tpem-seg run --backend onnxruntime`` (labels, a fresh
     process, exactly as a user runs it) and the Python Segmenter's float32 logits on the same backend
-    (probabilities: the CLI writes them as float16, too coarse for a 1e-4 tolerance)."""
+    (probabilities: the CLI writes them as float16, too coarse for a 1e-4 tolerance).
+
+    Yields the volume's record twice: with the labels figures, then with the probabilities' too.
+    """
     import tifffile
 
     import tpem_seg_cpp
@@ -155,6 +158,12 @@ def parity_one(package: str, path: Path, spacing: tuple[float, float, float], th
                   env=dict(os.environ, PYTHONPATH=str(ROOT)))
         seconds["python_cli_labels"] = time.perf_counter() - started
         expected = np.load(dst)
+    record = {"package": package, "shape": list(volume.shape), "spacing": list(spacing),
+              "model_spacing": native.info.get("spacing"), "labels_shape": list(labels.shape),
+              "label_agreement": float((labels == expected).mean()),
+              "labels_differing": int((labels != expected).sum()), "seconds": seconds}
+    yield record
+    del labels, expected
     started = time.perf_counter()
     probabilities = native.segment(volume, spacing=spacing, output="probabilities")
     seconds["native_probabilities"] = time.perf_counter() - started
@@ -162,43 +171,45 @@ def parity_one(package: str, path: Path, spacing: tuple[float, float, float], th
     with Segmenter(pkg, backend="onnxruntime", device="cpu", output="logits") as python:
         logits = python.segment(volume, axes="CZYX", spacing=spacing)
     seconds["python_logits"] = time.perf_counter() - started
-    reference = to_probabilities(logits, native.info["activation"])
-    difference = np.abs(probabilities - reference)
-    return {"package": package, "shape": list(volume.shape), "spacing": list(spacing),
-            "model_spacing": list(native.info["spacing"]) if "spacing" in native.info else None,
-            "labels_shape": list(labels.shape), "label_agreement": float((labels == expected).mean()),
-            "labels_differing": int((labels != expected).sum()),
-            "max_abs_prob_diff": float(difference.max()), "mean_abs_prob_diff": float(difference.mean()),
-            "seconds": seconds}
+    difference = np.abs(probabilities - to_probabilities(logits, native.info["activation"]))
+    yield dict(record, max_abs_prob_diff=float(difference.max()), mean_abs_prob_diff=float(difference.mean()))
 
 
 def write_parity(args) -> int:
-    """Run parity volume by volume, rewriting the JSON and md after each so a cut run keeps its data."""
+    """Run parity volume by volume, rewriting the JSON and md after each half (labels, probabilities)
+    of each volume, so a cut run keeps its data."""
     command = "PYTHONPATH=$PWD " + " ".join([Path(sys.executable).name, *sys.argv])
     only = set(args.only.split(",")) if args.only else None
     record = {"command": command, "machine": machine(), "threads": args.threads,
               "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "volumes": {}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for package, path, spacing in parity_cases(only):
-        record["volumes"][path.stem] = parity_one(package, path, spacing, args.threads)
-        record["updated_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
-        table = record["volumes"]
-        args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-        lines = ["# Native runtime vs Python runtime (ONNX Runtime): parity on the whole real volumes", "",
-                 f"Command: `{command}`", "", f"Machine: {record['machine']}. Threads: {args.threads}. "
-                 f"Run {record['started_utc']} to {record['updated_utc']} UTC.", "",
-                 "Labels: `tpem_seg_cpp.Model.segment` vs `tpem-seg run --backend onnxruntime --device cpu` "
-                 "(fresh process). Probabilities: native float32 vs softmax of the Python Segmenter's "
-                 "float32 logits (ONNX Runtime).", "",
-                 "| volume | package | shape CZYX | voxel size (µm) | labels equal | voxels differing | "
-                 "max abs probability diff | mean abs diff |", "| --- | --- | --- | --- | --- | --- | --- | --- |",
-                 *[f"| {k} | {v['package']} | {tuple(v['shape'])} | {tuple(v['spacing'])} | "
-                   f"{v['label_agreement']:.6f} | {v['labels_differing']} | {v['max_abs_prob_diff']:.2e} | "
-                   f"{v['mean_abs_prob_diff']:.1e} |" for k, v in table.items()], ""]
-        args.out.with_suffix(".md").write_text("\n".join(lines))
+        for result in parity_one(package, path, spacing, args.threads):
+            record["volumes"][path.stem] = result
+            record["updated_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+            args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+            lines = parity_markdown(record)
+            args.out.with_suffix(".md").write_text("\n".join(lines))
         sys.stdout.write(lines[-2] + "\n")
         sys.stdout.flush()
     return 0
+
+
+def parity_markdown(record: dict) -> list[str]:
+    def probability(v: dict, key: str, spec: str) -> str:
+        return f"{v[key]:{spec}}" if key in v else "(not run yet)"
+
+    return ["# Native runtime vs Python runtime (ONNX Runtime): parity on the whole real volumes", "",
+            f"Command: `{record['command']}`", "", f"Machine: {record['machine']}. Threads: {record['threads']}. "
+            f"Run {record['started_utc']} to {record['updated_utc']} UTC.", "",
+            "Labels: `tpem_seg_cpp.Model.segment` vs `tpem-seg run --backend onnxruntime --device cpu` "
+            "(fresh process). Probabilities: native float32 vs softmax of the Python Segmenter's "
+            "float32 logits (ONNX Runtime).", "",
+            "| volume | package | shape CZYX | voxel size (µm) | labels equal | voxels differing | "
+            "max abs probability diff | mean abs diff |", "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            *[f"| {k} | {v['package']} | {tuple(v['shape'])} | {tuple(v['spacing'])} | "
+              f"{v['label_agreement']:.6f} | {v['labels_differing']} | {probability(v, 'max_abs_prob_diff', '.2e')} | "
+              f"{probability(v, 'mean_abs_prob_diff', '.1e')} |" for k, v in record["volumes"].items()], ""]
 
 
 def machine() -> str:

@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     lines = ["# Native streaming memory: peak RSS against volume size", "", f"Command: `{command}`", "",
              f"Machine: {record['machine']}. Network: {record['package']}. ONNX Runtime threads: {args.threads}.", "",
-             f"Each run: a fresh Python process pushing {args.side}x{args.side} {args.dtype} planes, made one at a time "
-             "from the real vesselNN stack poon2015_BBB_Leakage, through `tpem_seg_cpp.Model.stream` "
+             f"Each run: a fresh Python process pushing {args.side}x{args.side} {args.dtype} planes, made one at a "
+             "time from the real vesselNN stack poon2015_BBB_Leakage, through `tpem_seg_cpp.Model.stream` "
              "(`tpem_stream_push`); peak = the process's VmHWM (model open and ONNX Runtime included).", "",
              "| planes | volume | RSS after model open | peak RSS | stream time |", "| --- | --- | --- | --- | --- |",
              *[f"| {r['planes']} | {r['volume_gb']:.2f} GB | {r['after_open_mb']:.0f} MB | {r['peak_mb']:.0f} MB | "
