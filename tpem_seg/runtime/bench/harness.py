@@ -187,9 +187,9 @@ def _timed_runs(run: BenchRun, active: Sequence) -> None:
                 if _guarded(rec, runner.network_pass) is not FAILED:
                     net[rec.name].append(time.perf_counter() - started)
             if rec.status == "ok":
+                network = f"{net[rec.name][-1]:.2f} s" if net[rec.name] else "not timed"
                 run.progress(f"round {round_ + 1}/{rounds} {rec.name}: end-to-end "
-                             f"{e2e[rec.name][-1] if e2e[rec.name] else float('nan'):.2f} s, network "
-                             f"{net[rec.name][-1] if net[rec.name] else float('nan'):.2f} s")
+                             f"{e2e[rec.name][-1] if e2e[rec.name] else float('nan'):.2f} s, network {network}")
     for runner in active:
         rec = run.records[runner.config.name]
         if rec.status == "ok":
