@@ -6,9 +6,9 @@ One run of each, on the same machine in the same invocation; the figures that ma
   on the same array, same ONNX Runtime threads, after one warm-up call each;
 - fresh processes: ``tpem-seg-cpp run IN.npy OUT.npy`` vs ``tpem-seg run IN.npy -o OUT.npy
   --backend onnxruntime --device cpu`` (wall time and peak RSS of the child, start-up included);
-- streaming memory: peak RSS of a fresh process that streams a synthetic stack plane by plane
-  through ``tpem_seg_cpp.Model.stream``, for a stack and one 4x deeper (the slab bound says the
-  two should be close).
+- parity (``--parity``): labels and probabilities on every whole real volume.
+
+Streaming memory (0.5 GB vs 2 GB pushed plane by plane) is benchmarks/cpp_stream_memory.py.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_cpp.py --threads 2 \\
         --out benchmarks/results/cpp_vessels-2p
@@ -30,26 +30,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VOLUME = ROOT.parent / "shared" / "data" / "vesselnn_2pm" / "images" / "poon2015_BBB_Leakage.tif"
-
-STREAM_SCRIPT = """
-import sys, numpy as np, tpem_seg_cpp
-package, z, y, x = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-model = tpem_seg_cpp.Model(package, threads=int(sys.argv[5]))
-rng = np.random.default_rng(0)
-reference = rng.integers(0, 255, size=(8, y, x), dtype=np.uint8)
-low, high = model.fit_normalization(reference)
-done = [0]
-def on_slab(z0, block):
-    done[0] += block.shape[0]
-stream = model.stream((1, z, y, x), np.uint8, on_slab, low=low, high=high)
-for k in range(z):
-    stream.push(reference[k % 8][None].copy())
-stream.finish()
-assert done[0] == z
-# VmHWM, not ru_maxrss: the latter starts at the parent's RSS at fork (Linux keeps it across exec)
-print([int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")][0])
-"""
-
 
 def _hwm_kb(pid: int) -> int | None:
     try:
@@ -123,71 +103,130 @@ def fresh_processes(package: Path, volume: np.ndarray, threads: int) -> dict:
             "startup_ratio": native_start[0] / python_start[0]}
 
 
-def stream_memory(package: Path, threads: int, depth: int, plane: int) -> dict:
-    peaks = {}
-    for z in (depth, 4 * depth):
-        started = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", STREAM_SCRIPT, str(package), str(z), str(plane), str(plane),
-                              str(threads)], check=True, capture_output=True, text=True)
-        peaks[z] = {"peak_mb": int(out.stdout.strip().splitlines()[-1]) / 1024,
-                    "volume_mb": z * plane * plane / 2 ** 20, "seconds": time.perf_counter() - started}
-    small, large = peaks[depth], peaks[4 * depth]
-    return {"runs": {str(k): v for k, v in peaks.items()}, "peak_ratio": large["peak_mb"] / small["peak_mb"]}
+def parity_cases(only: set[str] | None) -> list[tuple[str, Path, tuple[float, float, float]]]:
+    """(package, volume path, voxel size z, y, x in µm) for every real volume, smallest first.
 
-
-def parity(threads: int) -> dict:
-    """Labels agreement and largest probability difference on every whole real volume at its voxel size."""
+    Each package runs on the volumes whose channel count it takes: vessels-2p (one channel) on the six
+    one-channel vesselNN stacks, tpem-2ch (two channels) on the two-channel cellfinder crop. Not run:
+    tpem-2ch on vesselNN (one channel, the model needs two) and vessels-2p on cellfinder (two channels
+    and no vessel channel among them: signal and autofluorescence).
+    """
     import csv
 
+    data = ROOT.parent / "shared" / "data"
+    cases = []
+    with open(data / "vesselnn_2pm" / "volumes.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            # voxels the network sees: resampled to vessels-2p's (5, 0.994, 0.994) µm
+            voxels = int(row["z"]) * int(row["y"]) * int(row["x"]) * (float(row["spacing_z_um"]) / 5.0) * \
+                (float(row["spacing_y_um"]) / 0.994) * (float(row["spacing_x_um"]) / 0.994)
+            cases.append((voxels, "vessels-2p", data / "vesselnn_2pm" / "images" / f"{row['name']}.tif",
+                          tuple(float(row[f"spacing_{a}_um"]) for a in "zyx")))
+    cases.append((2 * 30 * 510 * 667 * 4, "tpem-2ch", data / "cellfinder_stpt" / "cellfinder_crop_2ch_CZYX.tif",
+                  (5.0, 2.0, 2.0)))
+    return [case[1:] for case in sorted(cases, key=lambda c: c[0]) if only is None or case[2].stem in only]
+
+
+def parity_one(package: str, path: Path, spacing: tuple[float, float, float], threads: int):
+    """Native labels and probabilities against ``tpem-seg run --backend onnxruntime`` (labels, a fresh
+    process, exactly as a user runs it) and the Python Segmenter's float32 logits on the same backend
+    (probabilities: the CLI writes them as float16, too coarse for a 1e-4 tolerance).
+
+    Yields the volume's record twice: with the labels figures, then with the probabilities' too.
+    """
     import tifffile
 
     import tpem_seg_cpp
     from tpem_seg.runtime.outputs import to_probabilities
     from tpem_seg.runtime.segmenter import Segmenter
 
-    data = ROOT.parent / "shared" / "data"
-    cases = []
-    with open(data / "vesselnn_2pm" / "volumes.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            cases.append(("vessels-2p", data / "vesselnn_2pm" / "images" / f"{row['name']}.tif",
-                          tuple(float(row[f"spacing_{a}_um"]) for a in "zyx")))
-    cases.append(("tpem-2ch", data / "cellfinder_stpt" / "cellfinder_crop_2ch_CZYX.tif", (5.0, 2.0, 2.0)))
-    out = {}
-    for package, path, spacing in cases:
-        volume = np.ascontiguousarray(tifffile.imread(path))
-        volume = volume[None] if volume.ndim == 3 else volume
-        pkg = ROOT / "tpem_seg" / "zoo" / f"{package}.tpem"
-        native = tpem_seg_cpp.Model(pkg, threads=threads)
-        labels = native.segment(volume, spacing=spacing)
-        probabilities = native.segment(volume, spacing=spacing, output="probabilities")
-        with Segmenter(pkg, backend="onnxruntime", device="cpu") as python:
-            expected = python.segment(volume, axes="CZYX", spacing=spacing)
-        with Segmenter(pkg, backend="onnxruntime", device="cpu", output="logits") as python:
-            logits = python.segment(volume, axes="CZYX", spacing=spacing)
-        reference = to_probabilities(logits, native.info["activation"])
-        out[path.stem] = {"package": package, "shape": list(volume.shape), "spacing": list(spacing),
-                          "label_agreement": float((labels == expected).mean()),
-                          "max_abs_prob_diff": float(np.abs(probabilities - reference).max())}
-    return out
+    volume = np.ascontiguousarray(tifffile.imread(path))
+    volume = volume[None] if volume.ndim == 3 else volume
+    pkg = ROOT / "tpem_seg" / "zoo" / f"{package}.tpem"
+    seconds = {}
+    started = time.perf_counter()
+    native = tpem_seg_cpp.Model(pkg, threads=threads)
+    labels = native.segment(volume, spacing=spacing)
+    seconds["native_labels"] = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "in.npy", Path(tmp) / "labels.npy"
+        np.save(src, volume)
+        started = time.perf_counter()
+        run_child([sys.executable, "-m", "tpem_seg.cli", "run", str(src), "-o", str(dst), "--model", str(pkg),
+                   "--backend", "onnxruntime", "--device", "cpu", "--axes", "CZYX",
+                   "--spacing", ",".join(str(s) for s in spacing), "--no-progress"],
+                  env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        seconds["python_cli_labels"] = time.perf_counter() - started
+        expected = np.load(dst)
+    record = {"package": package, "shape": list(volume.shape), "spacing": list(spacing),
+              "model_spacing": native.info.get("spacing"), "labels_shape": list(labels.shape),
+              "label_agreement": float((labels == expected).mean()),
+              "labels_differing": int((labels != expected).sum()), "seconds": seconds}
+    yield record
+    del labels, expected
+    started = time.perf_counter()
+    probabilities = native.segment(volume, spacing=spacing, output="probabilities")
+    seconds["native_probabilities"] = time.perf_counter() - started
+    started = time.perf_counter()
+    with Segmenter(pkg, backend="onnxruntime", device="cpu", output="logits") as python:
+        logits = python.segment(volume, axes="CZYX", spacing=spacing)
+    seconds["python_logits"] = time.perf_counter() - started
+    difference = np.abs(probabilities - to_probabilities(logits, native.info["activation"]))
+    yield dict(record, max_abs_prob_diff=float(difference.max()), mean_abs_prob_diff=float(difference.mean()))
+
+
+def write_parity(args) -> int:
+    """Run parity volume by volume, rewriting the JSON and md after each half (labels, probabilities)
+    of each volume, so a cut run keeps its data."""
+    command = "PYTHONPATH=$PWD " + " ".join([Path(sys.executable).name, *sys.argv])
+    only = set(args.only.split(",")) if args.only else None
+    record = {"command": command, "machine": machine(), "threads": args.threads,
+              "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "volumes": {}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for package, path, spacing in parity_cases(only):
+        for result in parity_one(package, path, spacing, args.threads):
+            record["volumes"][path.stem] = result
+            record["updated_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+            args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+            lines = parity_markdown(record)
+            args.out.with_suffix(".md").write_text("\n".join(lines))
+        sys.stdout.write(lines[-2] + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def parity_markdown(record: dict) -> list[str]:
+    def probability(v: dict, key: str, spec: str) -> str:
+        return f"{v[key]:{spec}}" if key in v else "(not run yet)"
+
+    return ["# Native runtime vs Python runtime (ONNX Runtime): parity on the whole real volumes", "",
+            f"Command: `{record['command']}`", "", f"Machine: {record['machine']}. Threads: {record['threads']}. "
+            f"Run {record['started_utc']} to {record['updated_utc']} UTC.", "",
+            "Labels: `tpem_seg_cpp.Model.segment` vs `tpem-seg run --backend onnxruntime --device cpu` "
+            "(fresh process). Probabilities: native float32 vs softmax of the Python Segmenter's "
+            "float32 logits (ONNX Runtime).", "",
+            "| volume | package | shape CZYX | voxel size (µm) | labels equal | voxels differing | "
+            "max abs probability diff | mean abs diff |", "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            *[f"| {k} | {v['package']} | {tuple(v['shape'])} | {tuple(v['spacing'])} | "
+              f"{v['label_agreement']:.6f} | {v['labels_differing']} | {probability(v, 'max_abs_prob_diff', '.2e')} | "
+              f"{probability(v, 'mean_abs_prob_diff', '.1e')} |" for k, v in record["volumes"].items()], ""]
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other jobs: " \
+           f"timings are noisy)"
 
 
 def write_memory(args, volume: np.ndarray) -> int:
     command = "PYTHONPATH=$PWD " + " ".join([Path(sys.executable).name, *sys.argv])
     fp = fresh_processes(args.package, volume, args.threads)
-    sm = stream_memory(args.package, args.threads, args.stream_depth, args.stream_plane)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"command": command, "fresh_processes": fp,
-                                                         "stream_memory": sm}, indent=2) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps({"command": command, "fresh_processes": fp}, indent=2) + "\n")
     lines = [f"# Native runtime vs Python runtime: peak memory ({args.package.name})", "", f"Command: `{command}`", "",
              f"Volume: {args.volume.name} {tuple(volume.shape[1:])} {volume.dtype}; peak = the child's VmHWM.", "",
              "| fresh process, whole stack | native `tpem-seg-cpp run` | Python `tpem-seg run` |", "| --- | --- | --- |",
              f"| wall time | {fp['native_s']:.2f} s | {fp['python_s']:.2f} s |",
-             f"| peak RSS | {fp['native_peak_mb']:.0f} MB | {fp['python_peak_mb']:.0f} MB |", "",
-             "Streaming (a fresh Python process pushing uint8 planes through tpem_seg_cpp.Model.stream):", "",
-             "| planes | volume | peak RSS | seconds |", "| --- | --- | --- | --- |",
-             *[f"| {z} | {r['volume_mb']:.1f} MB | {r['peak_mb']:.0f} MB | {r['seconds']:.1f} |"
-               for z, r in sm["runs"].items()],
-             "", f"Peak ratio (4x deeper stack / smaller): {sm['peak_ratio']:.3f}.", ""]
+             f"| peak RSS | {fp['native_peak_mb']:.0f} MB | {fp['python_peak_mb']:.0f} MB |", ""]
     args.out.with_suffix(".md").write_text("\n".join(lines))
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
@@ -198,27 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--package", type=Path, default=ROOT / "tpem_seg" / "zoo" / "vessels-2p.tpem")
     parser.add_argument("--volume", type=Path, default=DEFAULT_VOLUME)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--stream-depth", type=int, default=400, help="planes of the smaller streamed stack")
-    parser.add_argument("--stream-plane", type=int, default=128, help="Y = X of the streamed stack")
     parser.add_argument("--out", type=Path, required=True, help="results path without suffix (.json and .md)")
     parser.add_argument("--parity", action="store_true", help="instead: parity on every whole real volume")
+    parser.add_argument("--only", help="with --parity: comma-separated volume names (file stems)")
     parser.add_argument("--memory", action="store_true",
-                        help="instead: only the fresh-process and streaming peak memory")
+                        help="instead: only the fresh-process wall time and peak memory")
     args = parser.parse_args(argv)
     if args.parity:
-        table = parity(args.threads)
-        command = "PYTHONPATH=$PWD " + " ".join([Path(sys.executable).name, *sys.argv])
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps({"command": command, "volumes": table}, indent=2) + "\n")
-        lines = ["# Native runtime vs Python runtime (ONNX Runtime): parity on the whole real volumes", "",
-                 f"Command: `{command}`", "",
-                 "| volume | package | shape CZYX | voxel size (µm) | labels equal | max abs probability diff |",
-                 "| --- | --- | --- | --- | --- | --- |",
-                 *[f"| {k} | {v['package']} | {tuple(v['shape'])} | {tuple(v['spacing'])} | "
-                   f"{v['label_agreement']:.6f} | {v['max_abs_prob_diff']:.2e} |" for k, v in table.items()], ""]
-        args.out.with_suffix(".md").write_text("\n".join(lines))
-        sys.stdout.write("\n".join(lines) + "\n")
-        return 0
+        return write_parity(args)
 
     import tifffile
 
@@ -227,18 +253,15 @@ def main(argv: list[str] | None = None) -> int:
         return write_memory(args, volume)
     results = {
         "command": "PYTHONPATH=$PWD " + " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other "
-                   f"jobs: timings are noisy)",
+        "machine": machine(),
         "volume": f"{args.volume.name} {tuple(volume.shape[1:])} {volume.dtype}",
         "package": args.package.name, "threads": args.threads,
         "in_process": in_process(args.package, volume, args.threads),
         "fresh_processes": fresh_processes(args.package, volume, args.threads),
-        "stream_memory": stream_memory(args.package, args.threads, args.stream_depth, args.stream_plane),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    ip, fp, sm = results["in_process"], results["fresh_processes"], results["stream_memory"]
-    runs = sm["runs"]
+    ip, fp = results["in_process"], results["fresh_processes"]
     lines = [
         f"# Native runtime vs Python runtime on ONNX Runtime ({results['package']})", "",
         f"Command: `{results['command']}`", "",
@@ -251,10 +274,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{1 / fp['startup_ratio']:.2f} |", "",
         f"Labels agree on {ip['label_agreement']:.6f} (in process) and {fp['label_agreement']:.6f} (fresh processes) "
         f"of the voxels.", "",
-        "Streaming memory (fresh Python process pushing uint8 planes through tpem_seg_cpp.Model.stream):", "",
-        "| planes | volume | peak RSS | seconds |", "| --- | --- | --- | --- |",
-        *[f"| {z} | {r['volume_mb']:.1f} MB | {r['peak_mb']:.0f} MB | {r['seconds']:.1f} |" for z, r in runs.items()],
-        "", f"Peak ratio (4x deeper stack / smaller): {sm['peak_ratio']:.3f}.", "",
     ]
     args.out.with_suffix(".md").write_text("\n".join(lines))
     sys.stdout.write("\n".join(lines) + "\n")

@@ -119,13 +119,16 @@ public:
             done_ += static_cast<int64_t>(n);
             if (progress_ && !progress_(done_, plan_.n_tiles())) fail(TPEM_ERR_CANCELLED, "cancelled by the progress callback");
         }
-        int64_t z0 = 0;
-        int64_t depth = stitcher_.advance(plan_.next_z(row), sums_, norm_, z0);
-        if (depth > 0) emit(z0, depth);
+        const int64_t depth = stitcher_.finishable(plan_.next_z(row));
+        if (depth > 0) {
+            emit(stitcher_.base(), depth);
+            stitcher_.slide(depth);
+        }
     }
 
 private:
-    // The part of finished padded planes [z0, z0 + depth) inside the volume, as the output kind.
+    // The part of finished padded planes [z0, z0 + depth) inside the volume, as the output kind, read
+    // from the stitch window in place (z0: the window's first plane).
     void emit(int64_t z0, int64_t depth) {
         const Manifest &m = model_.manifest();
         const int64_t K = m.out_channels;
@@ -135,28 +138,28 @@ private:
         if (hi <= lo) return;
         const Shape3 padded = plan_.padded();
         const int64_t Y = plan_.shape[1], X = plan_.shape[2], Yp = padded[1], Xp = padded[2], n = hi - lo;
-        const size_t voxels = static_cast<size_t>(n * Y * X);
-        crop_.resize(static_cast<size_t>(K) * voxels);
-        cropnorm_.resize(voxels);
-        for (int64_t k = 0; k < K; ++k)
-            for (int64_t zz = 0; zz < n; ++zz)
-                for (int64_t yy = 0; yy < Y; ++yy) {
-                    size_t src = static_cast<size_t>(((k * depth + (lo - z0 + zz)) * Yp + py + yy) * Xp + px);
-                    size_t dst = static_cast<size_t>((k * n + zz) * Y + yy) * X;
-                    std::memcpy(&crop_[dst], &sums_[src], static_cast<size_t>(X) * sizeof(float));
-                    if (k == 0)
-                        std::memcpy(&cropnorm_[static_cast<size_t>(zz * Y + yy) * X],
-                                    &norm_[static_cast<size_t>(((lo - z0 + zz) * Yp + py + yy) * Xp + px)],
-                                    static_cast<size_t>(X) * sizeof(float));
-                }
+        const size_t voxels = static_cast<size_t>(n * Y * X), stride = stitcher_.window_stride();
+        const float *sums = stitcher_.window(), *norm = stitcher_.window_weights();
+        auto window_row = [&](int64_t zz, int64_t yy) {  // volume row (zz, yy) of the slab in the window
+            return static_cast<size_t>(((lo - z0 + zz) * Yp + py + yy) * Xp + px);
+        };
         bool go;
         if (kind_ == OutputKind::Labels) {
             labels_.resize(voxels);
-            labels_from_sums(crop_.data(), static_cast<int>(K), voxels, m.activation, labels_.data());
+            for (int64_t zz = 0; zz < n; ++zz)
+                for (int64_t yy = 0; yy < Y; ++yy)
+                    labels_from_sums(sums + window_row(zz, yy), static_cast<int>(K), static_cast<size_t>(X), stride,
+                                     m.activation, &labels_[static_cast<size_t>(zz * Y + yy) * X]);
             go = sink_(lo - pz, n, labels_.data(), voxels);
         } else {
+            crop_.resize(static_cast<size_t>(K) * voxels);
             for (int64_t k = 0; k < K; ++k)
-                for (size_t i = 0; i < voxels; ++i) crop_[k * voxels + i] /= cropnorm_[i];
+                for (int64_t zz = 0; zz < n; ++zz)
+                    for (int64_t yy = 0; yy < Y; ++yy) {
+                        const float *src = sums + k * stride + window_row(zz, yy), *w = norm + window_row(zz, yy);
+                        float *dst = &crop_[static_cast<size_t>((k * n + zz) * Y + yy) * X];
+                        for (int64_t x = 0; x < X; ++x) dst[x] = src[x] / w[x];
+                    }
             if (kind_ == OutputKind::Probabilities) to_probabilities(crop_.data(), static_cast<int>(K), voxels, m.activation);
             go = sink_(lo - pz, n, crop_.data(), crop_.size() * sizeof(float));
         }
@@ -170,7 +173,7 @@ private:
     Progress progress_;
     Stitcher stitcher_;
     int64_t done_ = 0;
-    std::vector<float> tiles_, logits_, sums_, norm_, crop_, cropnorm_;
+    std::vector<float> tiles_, logits_, crop_;
     std::vector<uint8_t> labels_;
 };
 

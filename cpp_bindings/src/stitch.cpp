@@ -36,35 +36,32 @@ void Stitcher::add(const float *logits, const Shape3 &origin) {
         }
 }
 
-int64_t Stitcher::advance(int64_t next_z, std::vector<float> &sums, std::vector<float> &norm, int64_t &z0) {
+int64_t Stitcher::finishable(int64_t next_z) const {
     const int64_t n = std::min(next_z, shape_[0]) - base_;
-    if (n <= 0) return 0;
     if (n > tile_[0]) fail(TPEM_ERR_INTERNAL, "cannot finish more planes than the stitch window holds");
-    const size_t pv = static_cast<size_t>(shape_[1] * shape_[2]);
-    const size_t window = static_cast<size_t>(tile_[0]) * pv, done = static_cast<size_t>(n) * pv;
-    sums.resize(k_ * done);
-    norm.resize(done);
-    for (int k = 0; k < k_; ++k) {
-        float *w = &logits_[k * window];
-        std::memcpy(&sums[k * done], w, done * sizeof(float));
+    return std::max<int64_t>(n, 0);
+}
+
+void Stitcher::slide(int64_t n) {
+    if (n <= 0) return;
+    if (n > tile_[0]) fail(TPEM_ERR_INTERNAL, "cannot slide the stitch window by more than its depth");
+    const size_t window = window_stride(), done = static_cast<size_t>(n * shape_[1] * shape_[2]);
+    for (int k = 0; k <= k_; ++k) {  // the K logit sums, then the weight sums
+        float *w = k < k_ ? &logits_[k * window] : norm_.data();
         std::memmove(w, w + done, (window - done) * sizeof(float));
         std::fill(w + window - done, w + window, 0.0f);
     }
-    std::memcpy(norm.data(), norm_.data(), done * sizeof(float));
-    std::memmove(norm_.data(), norm_.data() + done, (window - done) * sizeof(float));
-    std::fill(norm_.data() + window - done, norm_.data() + window, 0.0f);
-    z0 = base_;
     base_ += n;
-    return n;
 }
 
-void labels_from_sums(const float *sums, int k, size_t voxels, const std::string &activation, uint8_t *out) {
+void labels_from_sums(const float *sums, int k, size_t voxels, size_t class_stride, const std::string &activation,
+                      uint8_t *out) {
     const bool sigmoid = activation == "sigmoid";
     for (size_t i = 0; i < voxels; ++i) {
         float best = sums[i];
         int label = 0;
         for (int c = 1; c < k; ++c) {
-            float v = sums[c * voxels + i];
+            float v = sums[c * class_stride + i];
             if (v > best) {
                 best = v;
                 label = c;

@@ -123,7 +123,8 @@ def test_reports_carry_the_command_machine_and_table(report, tmp_path):
 
 
 def test_configuration_names_round_trip():
-    for name in ("torch-bf16-cl-cast", "onnxruntime-fp32-nospin-t1", "torch-fp16-compile-graphs", "openvino-bf16-t2"):
+    for name in ("torch-bf16-cl-cast", "onnxruntime-fp32-nospin-t1", "torch-fp16-compile-graphs", "openvino-bf16-t2",
+                 "native-fp32-t2"):
         assert B.BenchConfig.parse(name).name == name
     assert B.BenchConfig.parse("torch-bf16-cast").cast_weights
     assert B.BenchConfig.parse("openvino-bf16-t2").spec() == BackendSpec("openvino", "cpu", "bf16", {"threads": 2})
@@ -131,6 +132,43 @@ def test_configuration_names_round_trip():
         B.BenchConfig.parse("tflite-fp32")
     with pytest.raises(InputError, match="unknown flag"):
         B.BenchConfig.parse("torch-bf16-fast")
+
+
+def _native_report(package, threads=None):
+    volume, info = B.load_input("synthetic:16,32,40", 2, seed=1)
+    configs = [B.BenchConfig("onnxruntime", "fp32", threads=threads), B.BenchConfig(B.NATIVE, "fp32", threads=threads)]
+    runners = B.make_runners(package, configs, SETTINGS, "cpu")
+    return B.run_bench(volume, package, runners, SETTINGS, command="pytest", input_info=info,
+                       progress=lambda line: None)
+
+
+def test_native_configuration_is_timed_against_the_baseline(package_2ch):
+    """libtpem through tpem_seg_cpp: a ratio to the baseline of the same run, the ONNX Runtime runner's
+    threads, and agreement with the baseline; no network-only figure (one C call runs it all)."""
+    pytest.importorskip("tpem_seg_cpp", reason="tpem_seg_cpp is not installed: run cpp_bindings/install.sh PYTHON")
+    from tpem_seg.runtime.devices import cpu_count
+
+    report = _native_report(package_2ch)
+    native, ort = report.record("native-fp32"), report.record("onnxruntime-fp32")
+    assert native.status == "ok", native.reason
+    assert native.speedup > 0 and native.voxels_per_s > 0 and native.peak_rss_mb > 0
+    assert native.speedup == pytest.approx(report.record("baseline").end_to_end.median / native.end_to_end.median)
+    assert native.network is None and native.pipeline_efficiency is None and native.achieved_flops is None
+    assert "libtpem" in native.description and f"{cpu_count()} threads" in native.description
+    assert native.agrees and native.agreement.voxel_agreement > 0.999, native.agreement
+    # the same network on the same ONNX Runtime: as far from the baseline as the onnxruntime configuration
+    assert abs(native.agreement.max_abs_prob_diff - ort.agreement.max_abs_prob_diff) < 1e-4
+    assert "| native-fp32 |" in B.markdown_table(report)
+
+
+def test_native_configuration_skipped_with_the_reason_without_the_binding(package_2ch, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tpem_seg_cpp", None)  # import fails as if not installed
+    record = _native_report(package_2ch, threads=1).record("native-fp32-t1")
+    assert record.status == "skipped" and "tpem_seg_cpp is not installed" in record.reason
+    assert "cpp_bindings/install.sh" in record.reason
+    assert B.default_configs("cpu", ["onnxruntime", B.NATIVE], ["fp32", "bf16"])[-1] == B.BenchConfig(B.NATIVE)
 
 
 def test_synthetic_input_and_crop():

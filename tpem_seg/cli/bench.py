@@ -72,7 +72,9 @@ def bench(
     input: str = typer.Argument(..., metavar="INPUT", help="a volume file, or synthetic:Z,Y,X"),
     model: str = typer.Option(..., "--model", "-m", help="bundled package name, NAME.tpem path, or an "
                               "architecture (unetr-b16, unetr-s16, ...) for random weights"),
-    backends: str = typer.Option("torch,onnxruntime,tensorrt", help="comma-separated: torch, onnxruntime, openvino, tensorrt"),
+    backends: str = typer.Option("torch,onnxruntime,openvino,tensorrt,native",
+                                 help="comma-separated: torch, onnxruntime, openvino, tensorrt, native (libtpem "
+                                 "through tpem_seg_cpp, fp32 CPU, onnxruntime's threads)"),
     precisions: Optional[str] = typer.Option(None, help="comma-separated: fp32, bf16, fp16, int8 (onnxruntime) "
                                              "[default: fp32,bf16 on a CPU; fp32,fp16,bf16 on a GPU]"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
@@ -95,8 +97,8 @@ def bench(
     budget: Optional[float] = typer.Option(None, help="skip configurations not warmed up after this many seconds"),
     seed: int = typer.Option(0, help="seed of synthetic volumes and random weights"),
     configs: Optional[str] = typer.Option(None, help="explicit configurations instead of --backends x "
-                                          "--precisions, e.g. torch-bf16,torch-bf16-cl,onnxruntime-fp32-nospin "
-                                          "(flags: compile, graphs, cl, cast, nospin, t<N>)"),
+                                          "--precisions, e.g. torch-bf16,torch-bf16-cl,onnxruntime-fp32-nospin,"
+                                          "native-fp32-t2 (flags: compile, graphs, cl, cast, nospin, t<N>)"),
 ) -> None:
     """Time tpem-seg configurations against MONAI's sliding window in PyTorch eager FP32 (the baseline)."""
     from tpem_seg.runtime import bench as B
@@ -105,7 +107,7 @@ def bench(
     device = resolve_device(device)
     from tpem_seg.runtime.backends import BACKENDS
 
-    backend_names = parse_choices(backends, "--backends", tuple(BACKENDS))
+    backend_names = parse_choices(backends, "--backends", (*BACKENDS, "native"))
     precision_names = parse_choices(precisions or ("fp32,fp16,bf16" if device.startswith("cuda") else "fp32,bf16"),
                              "--precisions", ("fp32", "fp16", "bf16", "int8"))
     if repeats < 1 or warmup < 1:

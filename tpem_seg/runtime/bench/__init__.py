@@ -14,17 +14,20 @@ measured matmul peak at the same precision; agreement with the baseline
 One module per job: :mod:`.config` (configurations, settings, records), :mod:`.machine`,
 :mod:`.inputs`, :mod:`.memory`, :mod:`.runners` (thin adapters over backends), :mod:`.harness`
 (the run and its state), :mod:`.report`. torch and MONAI are needed (the baseline is PyTorch);
-they are imported inside functions.
+they are imported inside functions, as is ``tpem_seg_cpp`` (the native runtime's configuration,
+skipped with the reason where it is not installed).
 """
 
-from tpem_seg.runtime.bench.config import BASELINE, BenchConfig, BenchRecord, BenchReport, BenchSettings, Timing
+from tpem_seg.runtime.bench.config import (BASELINE, NATIVE, BenchConfig, BenchRecord, BenchReport, BenchSettings,
+                                           Timing)
 from tpem_seg.runtime.bench.harness import BenchRun, run_bench
 from tpem_seg.runtime.bench.inputs import load_input, parse_crop, plan_tiles_for, simulated_stack
 from tpem_seg.runtime.bench.machine import machine_info
 from tpem_seg.runtime.bench.report import markdown_report, markdown_table, write_report
-from tpem_seg.runtime.bench.runners import BaselineRunner, SegmenterRunner, default_configs, make_runners
+from tpem_seg.runtime.bench.runners import (BaselineRunner, NativeRunner, SegmenterRunner, default_configs,
+                                            make_runners)
 
-__all__ = ["BASELINE", "BaselineRunner", "BenchConfig", "BenchRecord", "BenchReport", "BenchRun", "BenchSettings",
-           "SegmenterRunner", "Timing", "default_configs", "load_input", "machine_info",
-           "make_runners", "markdown_report", "markdown_table", "parse_crop", "plan_tiles_for", "run_bench",
+__all__ = ["BASELINE", "NATIVE", "BaselineRunner", "BenchConfig", "BenchRecord", "BenchReport", "BenchRun",
+           "BenchSettings", "NativeRunner", "SegmenterRunner", "Timing", "default_configs", "load_input",
+           "machine_info", "make_runners", "markdown_report", "markdown_table", "parse_crop", "plan_tiles_for", "run_bench",
            "simulated_stack", "write_report"]

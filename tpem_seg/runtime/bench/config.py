@@ -11,6 +11,7 @@ from tpem_seg.runtime.backends import BACKENDS, BackendSpec
 from tpem_seg.runtime.compare import Agreement
 
 BASELINE = "baseline"
+NATIVE = "native"  # the native runtime, libtpem through tpem_seg_cpp
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,8 @@ class BenchConfig:
     """One configuration to time.
 
     backend: ``baseline`` (MONAI sliding window over the torch backend, eager fp32), ``torch``,
-    ``onnxruntime``, ``openvino`` or ``tensorrt``; precision: fp32, fp16, bf16, or int8 (onnxruntime: a
+    ``onnxruntime``, ``openvino``, ``tensorrt`` or ``native`` (libtpem through tpem_seg_cpp, fp32; threads
+    as onnxruntime's); precision: fp32, fp16, bf16, or int8 (onnxruntime: a
     statically quantised QDQ copy of the model); compile / cuda_graphs / channels_last /
     cast_weights: torch backend options; spinning: onnxruntime's; threads: the backend's intra-op threads.
     """
@@ -53,7 +55,7 @@ class BenchConfig:
     def parse(cls, name: str, device: str = "cpu") -> "BenchConfig":
         """The configuration :attr:`name` describes, e.g. ``torch-bf16-cl`` or ``onnxruntime-fp32-nospin-t1``."""
         parts = name.split("@")[0].split("-")
-        if len(parts) < 2 or parts[0] not in BACKENDS:
+        if len(parts) < 2 or parts[0] not in (*BACKENDS, NATIVE):
             raise InputError(f"configuration {name!r} must read BACKEND-PRECISION[-FLAG...], e.g. torch-bf16-cl")
         kwargs: dict = {}
         switches = {"compile": ("compile", True), "graphs": ("cuda_graphs", True), "cl": ("channels_last", True),

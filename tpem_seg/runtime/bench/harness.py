@@ -26,7 +26,6 @@ from tpem_seg.runtime.bench.inputs import plan_tiles_for
 from tpem_seg.runtime.bench.machine import machine_info
 from tpem_seg.runtime.bench.memory import GpuMemorySampler, HostMemory, synchronize
 from tpem_seg.runtime.compare import compare_probabilities
-from tpem_seg.runtime.outputs import to_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -143,19 +142,18 @@ def _load_all(run: BenchRun, runners: Sequence) -> list:
 
 
 def _warm_up(run: BenchRun, active: Sequence) -> None:
-    """First runs: logits (kept as probabilities, for agreement), and any compilation."""
-    activation = run.package.manifest.activation
+    """First runs: probabilities (kept, for agreement), and any compilation."""
     for runner in active:
         rec = run.records[runner.config.name]
         if run.probabilities and run.over_budget():
             run.skip(rec, f"time budget of {run.settings.budget_s:.0f} s spent before its warm-up")
             continue
         started = time.perf_counter()
-        logits = _guarded(rec, lambda: runner.logits(run.volume))
-        if logits is FAILED:
+        probabilities = _guarded(rec, lambda: runner.probabilities(run.volume))
+        if probabilities is FAILED:
             continue
         rec.first_run_seconds = time.perf_counter() - started
-        run.probabilities[rec.name] = to_probabilities(logits, activation)
+        run.probabilities[rec.name] = probabilities
         for _ in range(run.settings.warmup - 1):
             if _guarded(rec, lambda: runner.labels(run.volume)) is FAILED:
                 break
@@ -168,7 +166,8 @@ def _warm_up(run: BenchRun, active: Sequence) -> None:
 
 def _timed_runs(run: BenchRun, active: Sequence) -> None:
     """Interleaved rounds: every configuration runs end to end (labels), then its network alone on
-    the same tiles, right after, so both see the same load. Keeps the last labels of each."""
+    the same tiles, right after, so both see the same load (runners whose network cannot be run
+    alone, ``times_network`` False, get end-to-end figures only). Keeps the last labels of each."""
     for runner in active:
         _guarded(run.records[runner.config.name], lambda: runner.prepare_network(run.tiles))
     e2e: dict[str, list[float]] = {r.config.name: [] for r in active}
@@ -182,15 +181,15 @@ def _timed_runs(run: BenchRun, active: Sequence) -> None:
                 seconds = _end_to_end(run, runner, rec)
                 if seconds is not FAILED:
                     e2e[rec.name].append(seconds)
-            if rec.status == "ok" and round_ < network_repeats:
+            if rec.status == "ok" and round_ < network_repeats and runner.times_network:
                 synchronize(run.device)
                 started = time.perf_counter()
                 if _guarded(rec, runner.network_pass) is not FAILED:
                     net[rec.name].append(time.perf_counter() - started)
             if rec.status == "ok":
+                network = f"{net[rec.name][-1]:.2f} s" if net[rec.name] else "not timed"
                 run.progress(f"round {round_ + 1}/{rounds} {rec.name}: end-to-end "
-                             f"{e2e[rec.name][-1] if e2e[rec.name] else float('nan'):.2f} s, network "
-                             f"{net[rec.name][-1] if net[rec.name] else float('nan'):.2f} s")
+                             f"{e2e[rec.name][-1] if e2e[rec.name] else float('nan'):.2f} s, network {network}")
     for runner in active:
         rec = run.records[runner.config.name]
         if rec.status == "ok":

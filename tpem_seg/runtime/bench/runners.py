@@ -1,13 +1,15 @@
 """Runners: thin adapters that let the harness drive the baseline and every configuration alike.
 
-Both build their backend through :func:`~tpem_seg.runtime.backends.create_backend`. The baseline is
-the torch backend (eager fp32) under MONAI's ``sliding_window_inference``: what a lab runs
-today. A configuration is a backend inside a :class:`~tpem_seg.runtime.segmenter.Segmenter`,
-the path users run.
+The baseline is the torch backend (eager fp32) under MONAI's ``sliding_window_inference``: what a
+lab runs today. A configuration is a backend (built through
+:func:`~tpem_seg.runtime.backends.create_backend`) inside a
+:class:`~tpem_seg.runtime.segmenter.Segmenter`, the path users run, or the native runtime
+(libtpem through ``tpem_seg_cpp``, when installed), the path workstation software runs.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -16,21 +18,25 @@ import numpy as np
 from tpem_seg.io import Volume
 from tpem_seg.models.package import ModelPackage
 from tpem_seg.runtime.backends import BACKENDS, Backend, BackendSpec, backend_class, create_backend, unavailable
-from tpem_seg.runtime.bench.config import BASELINE, BenchConfig, BenchSettings
+from tpem_seg.runtime.bench.config import BASELINE, NATIVE, BenchConfig, BenchSettings
 from tpem_seg.runtime.bench.memory import synchronize
+from tpem_seg.runtime.devices import cpu_count
 from tpem_seg.runtime.normalize import fit_normalizer
+from tpem_seg.runtime.outputs import to_probabilities
 
 
 class Runner(Protocol):
-    """What the bench drives for one configuration."""
+    """What the bench drives for one configuration: labels ``(Z, Y, X)`` uint8, probabilities
+    ``(K, Z, Y, X)`` float32, and (when ``times_network``) the network alone on prepared tiles."""
 
     config: BenchConfig
+    times_network: bool
 
     def unavailable(self) -> str | None: ...
     def load(self) -> None: ...
     def describe(self) -> str: ...
     def labels(self, volume: Volume) -> np.ndarray: ...
-    def logits(self, volume: Volume) -> np.ndarray: ...
+    def probabilities(self, volume: Volume) -> np.ndarray: ...
     def batch_size(self) -> int: ...
     def prepare_network(self, tiles: np.ndarray) -> None: ...
     def network_pass(self) -> None: ...
@@ -43,6 +49,7 @@ class _NetworkOnly:
 
     backend: Backend
     _batches: list
+    times_network = True
 
     def takes_tensors(self) -> bool:
         """Whether the network runs on torch tensors (as in the run) rather than numpy batches."""
@@ -111,8 +118,8 @@ class BaselineRunner(_NetworkOnly):
                 padding_mode="constant", cval=0.0)
         return logits[0]
 
-    def logits(self, volume: Volume) -> np.ndarray:
-        return self._logits(volume).float().cpu().numpy()
+    def probabilities(self, volume: Volume) -> np.ndarray:
+        return to_probabilities(self._logits(volume).float().cpu().numpy(), self.package.manifest.activation)
 
     def labels(self, volume: Volume) -> np.ndarray:
         from tpem_seg.runtime.arrays_torch import TorchOps
@@ -198,10 +205,10 @@ class SegmenterRunner(_NetworkOnly):
         self._batch_size = self._labels.last_summary.extra.get("batch_size", self._batch_size)
         return out
 
-    def logits(self, volume: Volume) -> np.ndarray:
+    def probabilities(self, volume: Volume) -> np.ndarray:
         out = self._logits.segment(volume)
         self._batch_size = self._logits.last_summary.extra.get("batch_size", self._batch_size)
-        return out
+        return to_probabilities(out, self.package.manifest.activation)
 
     def batch_size(self) -> int:
         return self._batch_size or self.settings.baseline_batch(self.config.device)
@@ -212,11 +219,76 @@ class SegmenterRunner(_NetworkOnly):
             self.backend.close()
 
 
+class NativeRunner:
+    """The native runtime: libtpem through ``tpem_seg_cpp`` (ONNX Runtime's C API on the CPU), with the
+    ONNX Runtime runner's threads (``config.threads``, else the cores this process may use) and the
+    bench's tile settings, on the voxels as they are (no resampling, as the baseline).
+
+    Its network runs inside one C call per volume, so it has end-to-end figures only.
+    """
+
+    times_network = False
+
+    def __init__(self, package: ModelPackage, config: BenchConfig, settings: BenchSettings):
+        self.package = package
+        self.config = config
+        self.settings = settings
+        self.threads = config.threads or cpu_count()
+        self._model = None
+
+    def unavailable(self) -> str | None:
+        if self.config.device != "cpu":
+            return "the bench runs the native runtime on the CPU only"
+        if self.config.precision != "fp32":
+            return f"the native runtime runs fp32 on the CPU, not {self.config.precision}"
+        try:
+            importlib.import_module("tpem_seg_cpp")
+        except ImportError as err:
+            return f"tpem_seg_cpp is not installed ({err}): bash cpp_bindings/install.sh PYTHON builds it"
+        return None
+
+    def load(self) -> None:
+        import tpem_seg_cpp
+
+        options = {"threads": self.threads, "overlap": self.settings.overlap,
+                   "sigma_scale": self.settings.sigma_scale, "resample": False}
+        if self.settings.batch_size:
+            options["batch_size"] = self.settings.batch_size
+        self._model = tpem_seg_cpp.Model(self.package.path, **options)
+        self._version = tpem_seg_cpp.__version__
+
+    def describe(self) -> str:
+        if self._model is None:
+            return self.config.name
+        info = self._model.info
+        return (f"libtpem {self._version} (tpem_seg_cpp), ONNX Runtime {info['onnxruntime']['version']} "
+                f"C API, {'/'.join(info['providers'])}, {info['options']['threads']} threads")
+
+    def _array(self, volume: Volume) -> np.ndarray:
+        data = np.ascontiguousarray(volume.read_czyx())
+        return data if data.dtype in (np.uint8, np.uint16, np.float32) else data.astype(np.float32)
+
+    def labels(self, volume: Volume) -> np.ndarray:
+        return self._model.segment(self._array(volume))
+
+    def probabilities(self, volume: Volume) -> np.ndarray:
+        return self._model.segment(self._array(volume), output="probabilities")
+
+    def batch_size(self) -> int:
+        return int(self._model.info["options"]["batch_size"])
+
+    def prepare_network(self, tiles: np.ndarray) -> None:
+        """Nothing to prepare: :attr:`times_network` is False."""
+
+    def close(self) -> None:
+        self._model = None
+
+
 def default_configs(device: str, backends: Sequence[str], precisions: Sequence[str], compile: bool | None = None,
                     cuda_graphs: bool | None = None, channels_last: bool = False) -> list[BenchConfig]:
     """The cross product of ``backends`` and ``precisions`` on ``device``, less the precisions a backend
     does not have there (:meth:`Backend.precisions`; TensorRT on a CPU stays, to be reported as
-    unavailable).
+    unavailable); ``native`` (the native runtime) at fp32.
 
     On a GPU, torch at fp16/bf16 runs with ``torch.compile`` and CUDA graphs unless switched off
     (``compile``/``cuda_graphs`` None means: on for a GPU, off for a CPU, where compiling takes
@@ -227,6 +299,9 @@ def default_configs(device: str, backends: Sequence[str], precisions: Sequence[s
     cuda_graphs = gpu if cuda_graphs is None else cuda_graphs
     configs = []
     for backend in backends:
+        if backend == NATIVE:
+            configs += [BenchConfig(NATIVE, "fp32", device)] if "fp32" in precisions else []
+            continue
         offered = backend_class(backend).precisions(device) if backend in BACKENDS else ()
         for precision in precisions:
             if precision not in offered:
@@ -242,4 +317,5 @@ def make_runners(package: ModelPackage, configs: Sequence[BenchConfig], settings
                  workdir: Path | None = None, calibration: np.ndarray | None = None) -> list:
     """The baseline's runner, then one per configuration."""
     return [BaselineRunner(package, settings, device)] + [
+        NativeRunner(package, c, settings) if c.backend == NATIVE else
         SegmenterRunner(package, c, settings, workdir=workdir, calibration=calibration) for c in configs]
