@@ -42,6 +42,15 @@ class ClusterSpec:
     config: dict[str, Any] = field(default_factory=dict)
 
 
+def require_dask() -> None:
+    """Raise InputError naming the extra to install when dask.distributed is missing."""
+    import importlib.util
+
+    missing = [m for m in ("distributed", "dask_jobqueue") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise InputError(f"distributed runs need {' and '.join(missing)}: pip install 'tpem-seg[distributed]'")
+
+
 def parse_cluster(text: str, config_file: str | os.PathLike | None = None) -> ClusterSpec:
     """``--cluster TEXT [--cluster-config FILE]`` as a :class:`ClusterSpec`; InputError when malformed."""
     hint = "use local:N, tcp://HOST:PORT, slurm or lsf, e.g. --cluster local:2"

@@ -24,16 +24,17 @@ from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from tpem_seg.distributed.cluster import GPU_RESOURCE, ClusterSpec, connect
+from tpem_seg.distributed.cluster import GPU_RESOURCE, ClusterSpec, connect, require_dask
 from tpem_seg.distributed.spec import BlockResult, RunSpec, manifest_differences
 from tpem_seg.distributed.store import BlockStore, chunks_for
 from tpem_seg.errors import OutputError, ResumeError
 from tpem_seg.io import read_volume
-from tpem_seg.models.package import open_package, sha256_file
+from tpem_seg.models.package import ModelPackage, open_package, sha256_file
 from tpem_seg.runtime import Segmenter
 from tpem_seg.runtime.backends import BackendSpec, backend_class, resolve_spec
 from tpem_seg.runtime.blocks import n_blocks
 from tpem_seg.runtime.segmenter import RunSummary
+from tpem_seg.util.interrupts import Terminated
 from tpem_seg.util.partials import OutputLock
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ def run_distributed(src: str | os.PathLike, dst: str | os.PathLike, model, *, cl
     Args:
         src: the input, on storage every worker sees (OME-Zarr/zarr read by region; TIFF by plane).
         dst: the output, ``.zarr``. It appears under this name only when every block is done.
-        model: a bundled package name or a package path (the folder workers open).
+        model: a bundled package name, a package path or an opened package (its folder is what
+            the workers open).
         cluster: where workers come from (:func:`~tpem_seg.distributed.cluster.parse_cluster`), or
             ``client``: a connected ``distributed.Client`` to use as it is.
         backend, device, precision, backend_options: as for the Segmenter; each worker's threads
@@ -76,12 +78,13 @@ def run_distributed(src: str | os.PathLike, dst: str | os.PathLike, model, *, cl
     """
     if (cluster is None) == (client is None):
         raise TypeError("run_distributed takes a cluster spec or a client, exactly one")
+    require_dask()
     started = time.perf_counter()
     dst = Path(dst).expanduser()
     if dst.suffix.lower() != ".zarr":
         raise OutputError(f"{dst}: a distributed run writes OME-Zarr, whose chunks workers fill in any order; "
                           "name the output .zarr")
-    package = open_package(model)
+    package = model if isinstance(model, ModelPackage) else open_package(model)
     requested = BackendSpec(backend, device, precision, backend_options or {})
     planning = _planning_backend(requested, package)
     segmenter = Segmenter(package, backend=planning, output=output, channels=channels, resample=resample,
@@ -206,10 +209,12 @@ def _run(client, spec: RunSpec, todo: list[int], results: dict[int, BlockResult]
             bar.set_postfix_str(f"{voxels / max(time.perf_counter() - started, 1e-9) / 1e6:.2f} Mvox/s")
             if on_block is not None:
                 on_block(result)
-    except BaseException:
+    except BaseException as err:
         client.cancel(futures)
-        log.warning("stopped with %d of %d blocks done in %s; run the same command with --resume to continue",
-                    len(store.done()), spec.n_blocks, store.folder)
+        kept = f"{len(store.done())} of {spec.n_blocks} blocks kept in {store.folder}"
+        if isinstance(err, Terminated):
+            err.outcome = f"{kept}; run the same command with --resume to continue"
+        log.warning("stopped: %s; run the same command with --resume to continue", kept)
         raise
     finally:
         bar.close()
