@@ -1,6 +1,7 @@
 """Distributed runs on a LocalCluster of 2 worker processes: outputs bit for bit those of one
 Segmenter run, through a killed worker, a stopped and resumed run, and empty blocks."""
 
+import json
 import os
 import signal
 
@@ -133,3 +134,30 @@ def test_resume_refuses_another_model_or_options_with_exit_2(package_2ch, packag
     result = cli(base + ["--model", str(package_2ch.path)])  # without --resume: the stopped run is not thrown away
     assert result.exit_code == 2 and "--resume" in result.stderr
     assert resumable_name(dst).is_dir()
+
+
+def test_a_resampled_volume_thinner_than_a_tile_equals_one_run(client, tmp_path):
+    # vessels-2p (the bundled model, 16x64x64 tiles at 5 x 0.994 x 0.994 µm): 12 planes < a tile, and an
+    # input at 0.7 µm in-plane, resampled block by block on the workers.
+    data = np.random.default_rng(6).integers(0, 4000, (12, 80, 100), dtype=np.uint16)
+    write_volume(tmp_path / "in.zarr", data, "ZYX", spacing=(5.0, 0.7, 0.7))
+    with Segmenter("vessels-2p", **ORT, output="probabilities") as seg:
+        expected = seg.segment(data, spacing=(5.0, 0.7, 0.7))
+        assert seg.last_summary.resampled
+    summary = run_distributed(tmp_path / "in.zarr", tmp_path / "out.zarr", "vessels-2p", client=client,
+                              output="probabilities", block=(8, 48, 56), **ORT)
+    np.testing.assert_array_equal(np.asarray(read_volume(tmp_path / "out.zarr").data), expected)
+    assert summary.resampled and summary.extra["blocks"] == 8
+
+
+def test_the_cli_runs_on_a_local_cluster_and_ends_with_the_summary_line(package_2ch, zarr_input, tmp_path, cli):
+    expected, _ = reference(package_2ch, volume())
+    result = cli(["run", str(zarr_input), "-o", str(tmp_path / "out.zarr"), "--cluster", "local:2", "--model",
+                  str(package_2ch.path), "--backend", "onnxruntime", "--device", "cpu", "--block", "8,40,48",
+                  "--json", str(tmp_path / "run.json")])
+    assert result.exit_code == 0, result.stderr
+    np.testing.assert_array_equal(np.asarray(read_volume(tmp_path / "out.zarr").data), expected)
+    assert result.stderr.strip().splitlines()[-1].startswith(f"{tmp_path / 'out.zarr'}: 20x70x90 voxels in ")
+    assert "in 12 blocks" in result.stderr
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["backend"] == "onnxruntime" and record["shape"] == [20, 70, 90]

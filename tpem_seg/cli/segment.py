@@ -110,6 +110,14 @@ def run(
                                   progress=sys.stderr.isatty() if progress is None else progress,
                                   overlap=overlap, batch_size=batch_size, tta=tta, skip_empty=skip_empty)
         typer.echo(f"{dst}: {summary.line()}", err=True)
+        spacing_in = spacing_t or read_volume(src, axes=axes).spacing
+        used = package.manifest.spacing if summary.resampled or spacing_in is None else spacing_in
+        records = JsonLines(json_out)
+        records.write(run_record(src, dst, spacing_in, used, package.manifest.name,
+                                 sha256_file(package.path / "manifest.json"), summary.extra["backend"]["name"],
+                                 summary.extra["backend"]["device"], summary.extra["backend"]["precision"],
+                                 summary.shape, summary.tiles, summary.seconds))
+        records.close()
         return
     chosen = backend_for_run(package, jobs[0][0], backend=backend, device=device, precision=precision,
                              tune_here=tune, axes=axes, channels=channel_list, overlap=overlap)

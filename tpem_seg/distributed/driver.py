@@ -218,7 +218,7 @@ def _run(client, spec: RunSpec, todo: list[int], results: dict[int, BlockResult]
         raise
     finally:
         bar.close()
-        client.unregister_worker_plugin(spec.plugin_name)
+    client.unregister_worker_plugin(spec.plugin_name)
 
 
 def _summary(spec: RunSpec, inputs, results: dict[int, BlockResult], planning, seconds: float,
@@ -230,7 +230,7 @@ def _summary(spec: RunSpec, inputs, results: dict[int, BlockResult], planning, s
     summary.extra.update(blocks=spec.n_blocks, block=spec.block, redundancy=round(tiles / inputs.grid.n_tiles, 4),
                          batch_size=spec.tiles["batch_size"], resumed_blocks=resumed,
                          busy_seconds=round(sum(r.seconds for r in ran), 3),
-                         workers=len({r.worker for r in ran}))
+                         workers=len({r.worker for r in ran}), backend=dict(spec.backend))
     if spec.tiles["skip_empty"]:
         summary.extra["skipped_tiles"] = sum(r.skipped for r in results.values())
     return summary
