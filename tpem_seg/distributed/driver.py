@@ -192,6 +192,8 @@ def _run(client, spec: RunSpec, todo: list[int], results: dict[int, BlockResult]
 
     from tpem_seg.distributed.worker import BackendPlugin, run_block
 
+    if not todo:  # a resumed run whose blocks were all done: nothing to load on the workers
+        return
     client.register_plugin(BackendPlugin(spec))
     attempt = secrets.token_hex(3)
     resources = {GPU_RESOURCE: 1} if gpu else None
@@ -218,6 +220,8 @@ def _run(client, spec: RunSpec, todo: list[int], results: dict[int, BlockResult]
         raise
     finally:
         bar.close()
+    # Only after success: on a failure the client may be gone, and the plugin (same name) is
+    # replaced when the run is resumed.
     client.unregister_worker_plugin(spec.plugin_name)
 
 

@@ -21,6 +21,7 @@ from distributed import WorkerPlugin, get_worker
 
 from tpem_seg.distributed.spec import BlockResult, RunSpec
 from tpem_seg.distributed.store import BlockStore
+from tpem_seg.errors import InputError
 from tpem_seg.runtime.blocks import block_core
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,8 @@ class BackendPlugin(WorkerPlugin):
                 volume = read_volume(spec.source, axes=spec.axes, spacing=spec.spacing)
                 self._inputs = self._segmenter.prepare(volume, spec.normalizer)
                 if self._inputs.volume.shape_zyx != spec.shape:
-                    raise RuntimeError(f"{spec.source} is {self._inputs.volume.shape_zyx} on worker but "
-                                       f"{spec.shape} on the driver; workers must see the same file")
+                    raise InputError(f"{spec.source} is {self._inputs.volume.shape_zyx} on this worker but "
+                                     f"{spec.shape} on the driver; put the input on storage every worker sees")
             return self._segmenter, self._inputs
 
 
