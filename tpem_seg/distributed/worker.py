@@ -61,7 +61,9 @@ class BackendPlugin(WorkerPlugin):
         if self._segmenter is not None:
             self._segmenter.close()
             self._segmenter = None
-        self._inputs = None
+        if self._inputs is not None:
+            self._inputs.volume.data.close()  # the reader's open file
+            self._inputs = None
 
     def prepared(self):
         """The Segmenter and the run's prepared inputs (the volume opened once per worker)."""
@@ -71,10 +73,11 @@ class BackendPlugin(WorkerPlugin):
             if self._inputs is None:
                 spec = self.spec
                 volume = read_volume(spec.source, axes=spec.axes, spacing=spec.spacing)
+                if volume.shape_zyx != spec.shape:
+                    volume.data.close()
+                    raise InputError(f"{spec.source} is {volume.shape_zyx} on this worker but {spec.shape} on the "
+                                     "driver; put the input on storage every worker sees")
                 self._inputs = self._segmenter.prepare(volume, spec.normalizer)
-                if self._inputs.volume.shape_zyx != spec.shape:
-                    raise InputError(f"{spec.source} is {self._inputs.volume.shape_zyx} on this worker but "
-                                     f"{spec.shape} on the driver; put the input on storage every worker sees")
             return self._segmenter, self._inputs
 
 
