@@ -47,6 +47,24 @@ def test_distributed_output_equals_one_segmenter_run(package_2ch, client, zarr_i
     assert summary.tiles > single.tiles  # tiles at block edges run in both neighbours
     assert not resumable_name(dst).exists()
     assert not (dst / ".tpem-run" / "done").exists() and (dst / ".tpem-run" / "manifest.json").is_file()
+    assert_valid_ome_zarr(dst, output)
+
+
+def assert_valid_ome_zarr(path, output):
+    """ome-zarr-models (nobody here wrote it) accepts the output: an image-label, or an image."""
+    import zarr
+
+    pytest.importorskip("ome_zarr_models", reason="ome-zarr-models is not installed")
+    from ome_zarr_models.v05.image import Image
+    from ome_zarr_models.v05.image_label import ImageLabel
+
+    group = zarr.open_group(str(path), mode="r")
+    if output == "labels":
+        label = ImageLabel.from_zarr(group)
+        assert [p.model_dump()["class"] for p in label.ome_attributes.image_label.properties] == \
+            ["background", "vessel", "neuron"]
+    else:
+        Image.from_zarr(group)
 
 
 def test_tiff_input_is_read_by_plane_on_workers(package_2ch, client, tmp_path):
