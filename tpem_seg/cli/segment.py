@@ -98,7 +98,14 @@ def run(
         raise InputError("--resume continues a distributed run; add --cluster (e.g. --cluster local:2)")
     package = open_package(model or default_model_for(jobs[0][0], axes, channel_list))
     if cluster is not None:
-        from tpem_seg.distributed import parse_cluster, run_distributed
+        import logging
+
+        from tpem_seg.distributed import parse_cluster, require_dask, run_distributed
+
+        require_dask()
+        import distributed  # noqa: F401  (sets its loggers to INFO on import; then they follow -v)
+
+        logging.getLogger("distributed").setLevel(logging.getLogger().getEffectiveLevel())
 
         if len(jobs) != 1:
             raise InputError(f"--cluster runs one input at a time, not {len(jobs)}; give one volume")

@@ -11,7 +11,7 @@ Clusters: :mod:`~tpem_seg.distributed.cluster`. Needs the ``[distributed]`` extr
 imported only when a run starts.
 """
 
-from tpem_seg.distributed.cluster import ClusterSpec, parse_cluster
+from tpem_seg.distributed.cluster import ClusterSpec, parse_cluster, require_dask
 from tpem_seg.distributed.driver import run_distributed
 
-__all__ = ["ClusterSpec", "parse_cluster", "run_distributed"]
+__all__ = ["ClusterSpec", "parse_cluster", "require_dask", "run_distributed"]

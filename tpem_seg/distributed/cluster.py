@@ -130,12 +130,11 @@ def local_cluster(spec: ClusterSpec, gpu: bool):
                         "dask-cuda for one worker per GPU)", spec.workers)
         else:
             return LocalCUDACluster(n_workers=spec.workers, threads_per_worker=threads,
-                                    resources={GPU_RESOURCE: 1}, dashboard_address=None, **options)
+                                    resources={GPU_RESOURCE: 1}, **options)
         options["resources"] = {GPU_RESOURCE: 1}
     from distributed import LocalCluster
 
-    return LocalCluster(n_workers=spec.workers, threads_per_worker=threads, processes=True,
-                        dashboard_address=None, **options)
+    return LocalCluster(n_workers=spec.workers, threads_per_worker=threads, processes=True, **options)
 
 
 @contextlib.contextmanager
@@ -146,12 +145,14 @@ def connect(spec: ClusterSpec, gpu: bool) -> Iterator[Any]:
     if spec.kind == "tcp":
         with Client(spec.address) as client:
             _check_gpus(client, gpu)
+            log.info("dask dashboard: %s", client.dashboard_link)
             yield client
         return
     cluster = local_cluster(spec, gpu) if spec.kind == "local" else jobqueue_cluster(spec, gpu)
     with cluster, Client(cluster) as client:
         if spec.kind in ("slurm", "lsf"):
             cluster.scale(jobs=int(spec.config.get("jobs", 1)))
+        log.info("dask dashboard: %s", client.dashboard_link)
         yield client
 
 
