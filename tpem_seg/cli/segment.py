@@ -98,13 +98,13 @@ def run(
         raise InputError("--resume continues a distributed run; add --cluster (e.g. --cluster local:2)")
     package = open_package(model or default_model_for(jobs[0][0], axes, channel_list))
     if cluster is not None:
+        import importlib
         import logging
 
         from tpem_seg.distributed import parse_cluster, require_dask, run_distributed
 
         require_dask()
-        import distributed  # noqa: F401  (sets its loggers to INFO on import; then they follow -v)
-
+        importlib.import_module("distributed")  # sets its loggers to INFO on import; then they follow -v
         logging.getLogger("distributed").setLevel(logging.getLogger().getEffectiveLevel())
 
         if len(jobs) != 1:
