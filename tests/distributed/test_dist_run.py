@@ -128,12 +128,31 @@ def test_a_stopped_run_resumes_without_redoing_done_blocks(package_2ch, client, 
     assert not dst.exists() and resumable_name(dst).is_dir()
     done_before = {int(p.stem) for p in resumable_name(dst).glob(".tpem-run/done/*/*.json")}
     assert 3 <= len(done_before) < 12
+    assert_done_block_returns_at_once(client, resumable_name(dst), zarr_input, package_2ch, min(done_before))
     ran = []
     summary = run_distributed(zarr_input, dst, package_2ch, client=client, block=BLOCK, resume=True,
                               on_block=lambda r: ran.append(r.index), **ORT)
     np.testing.assert_array_equal(np.asarray(read_volume(dst).data), expected)
     assert not done_before & set(ran)
     assert summary.extra["resumed_blocks"] >= len(done_before)
+
+
+def assert_done_block_returns_at_once(client, store, source, package, index):
+    """A task for a block whose marker is there (a retry, a resumed run) returns the marker's record
+    without segmenting or writing anything."""
+    from tpem_seg.distributed.spec import RunSpec
+    from tpem_seg.distributed.worker import run_block
+
+    manifest = json.loads((store / ".tpem-run" / "manifest.json").read_text())
+    fields = {k: manifest[k] for k in RunSpec.__dataclass_fields__ if k in manifest}
+    spec = RunSpec(**fields, store=str(store), source=str(source), package=str(package.path))
+    marker = next(store.glob(f".tpem-run/done/*/{index}.json"))
+    iz, rest = divmod(index, 2 * 2)  # the block's one chunk (chunks = blocks here): c/iz/iy/ix
+    chunk = store / "0" / "c" / str(iz) / str(rest // 2) / str(rest % 2)
+    before = marker.stat().st_mtime_ns, chunk.stat().st_mtime_ns
+    result = client.submit(run_block, spec, index, pure=False).result()  # no plugin registered: none needed
+    assert result["already_done"] and result["index"] == index
+    assert (marker.stat().st_mtime_ns, chunk.stat().st_mtime_ns) == before
 
 
 def test_resume_refuses_another_model_or_options_with_exit_2(package_2ch, package_identity, client, zarr_input,
