@@ -86,6 +86,7 @@ def main() -> None:
                         help="run with --skip-empty (default) or every tile through the network")
     parser.add_argument("--rows", choices=("issue", "ratio"), default="issue",
                         help="the issue's three inputs, or the 0.5 GB vs 2 GB pair")
+    parser.add_argument("--block", default=None, help="run only this --block setting (off or auto)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -94,13 +95,17 @@ def main() -> None:
             continue
         src = args.workdir / ("x".join(map(str, shape)) + ".tif")
         make_volume(src, shape)
-        for block in blocks:
+        for block in blocks if args.block is None else [b for b in blocks if b == args.block]:
             result = run_one(src, args.workdir / "out.tif", spacing, block, args.skip_empty)
             rows.append({"input": name, "shape": list(shape), "input_mb": round(np.prod(shape) * 2 / 1e6), **result})
             print(f"{name} --block {block}: {result['peak_rss_mb']} MB, {result['wall_s']} s", flush=True)
+            write_results(args, rows)  # after every run: a long benchmark stopped early keeps what it measured
+
+
+def write_results(args, rows: list[dict]) -> None:
     command = "python benchmarks/memory_blocks.py --workdir " + str(args.workdir) + \
         (f" --only '{args.only}'" if args.only else "") + ("" if args.skip_empty else " --no-skip-empty") + \
-        (" --rows ratio" if args.rows == "ratio" else "") + \
+        (" --rows ratio" if args.rows == "ratio" else "") + (f" --block {args.block}" if args.block else "") + \
         (f" --name {args.name}" if args.name != "memory_blocks" else "")
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     args.results.mkdir(parents=True, exist_ok=True)
