@@ -1,7 +1,8 @@
 """Where the workers come from: ``--cluster local:N | tcp://HOST:PORT | slurm | lsf``.
 
 - ``local:N``: N worker processes on this machine (dask-cuda's ``LocalCUDACluster``, one worker
-  per GPU, where the device is CUDA and dask-cuda is installed);
+  per GPU, where the device is CUDA and dask-cuda is installed); ``--cluster-config`` may add
+  ``LocalCluster`` keyword arguments (e.g. ``memory_limit``);
 - ``tcp://HOST:PORT``: a running scheduler (``dask scheduler``; workers started with
   ``dask worker tcp://HOST:PORT --nthreads C`` and, for GPUs, ``--resources GPU=1``, one per GPU);
 - ``slurm`` / ``lsf``: dask-jobqueue submits worker jobs. ``--cluster-config FILE`` (YAML or JSON)
