@@ -155,8 +155,7 @@ def assert_done_block_returns_at_once(client, store, source, package, index):
     assert (marker.stat().st_mtime_ns, chunk.stat().st_mtime_ns) == before
 
 
-def test_resume_refuses_another_model_or_options_with_exit_2(package_2ch, package_identity, client, zarr_input,
-                                                            tmp_path, cli):
+def test_resume_refuses_another_model_or_options_with_exit_2(package_2ch, client, zarr_input, tmp_path, cli):
     dst = tmp_path / "out.zarr"
     with pytest.raises(Stop):
         run_distributed(zarr_input, dst, package_2ch, client=client, block=BLOCK, on_block=stop_after(1), **ORT)
@@ -164,7 +163,7 @@ def test_resume_refuses_another_model_or_options_with_exit_2(package_2ch, packag
             "--device", "cpu", "--block", ",".join(map(str, BLOCK))]
     for extra in (["--model", str(package_2ch.path), "--overlap", "0.5"],
                   ["--model", str(package_2ch.path), "--probabilities"],
-                  ["--model", str(package_identity[0].path)]):
+                  ["--model", "vessels-2p", "--channels", "0"]):  # another model (bundled, 1 channel)
         result = cli(base + extra + ["--resume"])
         assert result.exit_code == 2
         assert result.stderr.strip().startswith("error: cannot resume") and len(result.stderr.strip().splitlines()) == 1
