@@ -16,5 +16,5 @@ python="${PYTHON:-python3}"
 sh scripts/install_napari_deps.sh
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install torch==2.13.0
-.venv/bin/pip install -e ".[train,export,dev,bioimageio,napari-dev,openvino]"
+.venv/bin/pip install -e ".[train,export,dev,bioimageio,napari-dev,openvino,distributed]"
 bash cpp_bindings/install.sh .venv/bin/python

@@ -29,7 +29,7 @@ LAYERS: dict[str, int] = {
 }
 
 #: Heavy libraries `import tpem_seg.cli` must not load (a workstation's CLI starts without them).
-HEAVY = ("scipy", "torch", "onnxruntime", "monai", "onnx")
+HEAVY = ("scipy", "torch", "onnxruntime", "monai", "onnx", "dask", "distributed")
 
 MAX_LINES = 450
 

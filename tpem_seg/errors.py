@@ -26,3 +26,7 @@ class OutputError(TpemSegError):
 
 class BackendUnavailable(TpemSegError):
     """The requested inference backend (or device) is not installed here."""
+
+
+class ResumeError(TpemSegError):
+    """A stopped run cannot be continued as asked (its settings, model or input differ)."""

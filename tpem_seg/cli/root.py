@@ -69,5 +69,5 @@ def main(argv: Optional[list[str]] = None) -> None:
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
     except Terminated as stop:
-        typer.echo(f"error: {stop}; partial output removed", err=True)
+        typer.echo(f"error: {stop}; {stop.outcome}", err=True)
         sys.exit(stop.exit_code)

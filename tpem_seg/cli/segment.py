@@ -18,7 +18,7 @@ from tpem_seg.util.numbers import parse_numbers
 
 def register(app: typer.Typer) -> None:
     """Add ``run``, ``demo``, ``info`` and ``models`` to the ``tpem-seg`` app."""
-    for command in (run, demo, info, models):
+    for command in (run, convert, demo, info, models):
         app.command()(command)
 
 
@@ -66,6 +66,13 @@ def run(
     tune: bool = typer.Option(True, "--tune/--no-tune", help="--backend auto on a CPU: on a model's first run here, "
                               "time the faithful configurations on a few tiles (a few seconds, cached) and run the "
                               "fastest; --no-tune keeps the fixed order"),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="run the blocks on dask workers: local:N | "
+                                          "tcp://HOST:PORT | slurm | lsf (one input, -o OUT.zarr; the "
+                                          "[distributed] extra; see docs/scale.md)"),
+    cluster_config: Optional[Path] = typer.Option(None, "--cluster-config", help="YAML/JSON of dask-jobqueue "
+                                                  "options for slurm/lsf (cores, memory, queue, walltime, jobs...)"),
+    resume: bool = typer.Option(False, "--resume", help="with --cluster: continue the stopped run of -o "
+                                "(refused when the model, options or input differ)"),
 ) -> None:
     """Segment volumes; write uint8 labels (or probabilities) with the input's voxel size."""
     from tpem_seg.cli.run_helpers import JsonLines, expand_inputs, output_paths, run_record
@@ -87,7 +94,38 @@ def run(
             typer.echo(f"{dst}: exists, skipped", err=True)
     if not jobs:
         return
+    if resume and cluster is None:
+        raise InputError("--resume continues a distributed run; add --cluster (e.g. --cluster local:2)")
     package = open_package(model or default_model_for(jobs[0][0], axes, channel_list))
+    if cluster is not None:
+        import importlib
+        import logging
+
+        from tpem_seg.distributed import parse_cluster, require_dask, run_distributed
+
+        require_dask()
+        importlib.import_module("distributed")  # sets its loggers to INFO on import; then they follow -v
+        logging.getLogger("distributed").setLevel(logging.getLogger().getEffectiveLevel())
+
+        if len(jobs) != 1:
+            raise InputError(f"--cluster runs one input at a time, not {len(jobs)}; give one volume")
+        (src, dst), = jobs
+        summary = run_distributed(src, dst, package, cluster=parse_cluster(cluster, cluster_config),
+                                  backend=backend, device=device, precision=precision or "fp32",
+                                  output="probabilities" if probabilities else "labels", channels=channel_list,
+                                  resample=resample, block=block, axes=axes, spacing=spacing_t, resume=resume,
+                                  progress=sys.stderr.isatty() if progress is None else progress,
+                                  overlap=overlap, batch_size=batch_size, tta=tta, skip_empty=skip_empty)
+        typer.echo(f"{dst}: {summary.line()}", err=True)
+        spacing_in = spacing_t or read_volume(src, axes=axes).spacing
+        used = package.manifest.spacing if summary.resampled or spacing_in is None else spacing_in
+        records = JsonLines(json_out)
+        records.write(run_record(src, dst, spacing_in, used, package.manifest.name,
+                                 sha256_file(package.path / "manifest.json"), summary.extra["backend"]["name"],
+                                 summary.extra["backend"]["device"], summary.extra["backend"]["precision"],
+                                 summary.shape, summary.tiles, summary.seconds))
+        records.close()
+        return
     chosen = backend_for_run(package, jobs[0][0], backend=backend, device=device, precision=precision,
                              tune_here=tune, axes=axes, channels=channel_list, overlap=overlap,
                              batch_size=batch_size)
@@ -110,6 +148,21 @@ def run(
                                          summary.seconds))
         finally:
             records.close()
+
+
+def convert(
+    source: Path = typer.Argument(..., help="volume to convert: TIFF/OME-TIFF/ImageJ, .npy, .zarr"),
+    output: Path = typer.Argument(..., help="output: .zarr (OME-Zarr 0.5), .tif or .npy"),
+    axes: Optional[str] = typer.Option(None, help="input axes when metadata lack them, e.g. CZYX"),
+    spacing: Optional[str] = typer.Option(None, help="input voxel size z,y,x in µm, e.g. 5,0.99,0.99"),
+    compression: Optional[str] = typer.Option(None, help="zarr: zstd (default), zlib, blosc, none; TIFF: zlib, lzw"),
+) -> None:
+    """Copy a volume into another format plane by plane, e.g. a TIFF into OME-Zarr for distributed runs."""
+    from tpem_seg.io.convert import convert_volume
+
+    written = convert_volume(source, output, axes=axes, compression=compression,
+                             spacing=parse_numbers(spacing, "--spacing", 3, example="5,0.99,0.99"))
+    typer.echo(f"wrote {written}", err=True)
 
 
 def demo(

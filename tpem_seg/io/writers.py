@@ -472,22 +472,11 @@ class ZarrVolumeWriter(VolumeWriter):
     """
 
     def _open(self) -> None:
-        import zarr
-
-        compressors = _zarr_compressor(self.compression, self.path)
         temp = self._reserve(self.path, folder=True)
-        group = zarr.open_group(str(temp), mode="w", zarr_format=3)
         self._chunks = zarr_chunks(self.shape, self.dtype)
-        names = ["c", "z", "y", "x"] if self.axes == "CZYX" else ["z", "y", "x"]
-        self._arrays = []
-        for level in range(self.levels):
-            shape = level_shape(self.shape, level)
-            chunks = tuple(min(c, n) for c, n in zip(self._chunks, shape))
-            self._arrays.append(group.create_array(str(level), shape=shape, chunks=chunks, dtype=self.dtype,
-                                                   compressors=compressors, fill_value=0,
-                                                   dimension_names=names))
-        group.attrs.update(ome_attributes(self.path.name.split(".")[0], self.axes, self.shape, self.dtype,
-                                          self.spacing, self.channel_names, self.label_names, self.levels))
+        self._arrays = create_zarr_image(temp, self.path, self.shape, self.dtype, self.axes, self.spacing,
+                                         self.channel_names, self.label_names, self._chunks, self.compression,
+                                         self.levels)
         self._pending: list[np.ndarray] = []
         self._pending_z0 = 0
 
@@ -519,6 +508,32 @@ class ZarrVolumeWriter(VolumeWriter):
 
     def _discard(self) -> None:
         self._pending = []
+
+
+def create_zarr_image(folder: Path, final: Path, shape: tuple[int, ...], dtype: np.dtype, axes: str,
+                      spacing: Spacing | None, channel_names: Sequence[str], label_names: Sequence[str],
+                      chunks: tuple[int, ...], compression: str | None = None, levels: int = 1) -> list[Any]:
+    """Lay out an empty OME-Zarr 0.5 image in ``folder`` (to be published as ``final``): arrays ``0``,
+    ``1``... (pyramid levels, y/x halved) of ``shape`` in ``axes`` with ``chunks`` (clipped per level)
+    and fill value 0, and the NGFF metadata. Returns the level arrays, open for writing.
+
+    The streaming writer fills them slab by slab; a distributed run
+    (:mod:`tpem_seg.distributed`) has its workers fill level 0 chunk by chunk.
+    """
+    import zarr
+
+    compressors = _zarr_compressor(compression, final)
+    group = zarr.open_group(str(folder), mode="w", zarr_format=3)
+    names = ["c", "z", "y", "x"] if axes == "CZYX" else ["z", "y", "x"]
+    arrays = []
+    for level in range(levels):
+        level_dims = level_shape(shape, level)
+        level_chunks = tuple(min(c, n) for c, n in zip(chunks, level_dims))
+        arrays.append(group.create_array(str(level), shape=level_dims, chunks=level_chunks, dtype=dtype,
+                                         compressors=compressors, fill_value=0, dimension_names=names))
+    group.attrs.update(ome_attributes(final.name.split(".")[0], axes, shape, dtype, spacing, channel_names,
+                                      label_names, levels))
+    return arrays
 
 
 def _halve_yx(slab: np.ndarray, labels: bool) -> np.ndarray:

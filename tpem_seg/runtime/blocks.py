@@ -119,9 +119,22 @@ def block_plan(grid: TilePlan, core: Box) -> BlockPlan:
 def block_cores(shape: Sequence[int], block: Sequence[int]) -> Iterator[list[Box]]:
     """Block cores over a volume of ``shape`` (z, y, x), row by row: each row is the blocks sharing
     one z range, in y-then-x order. Cores are ``block`` voxels (clipped at the far edges)."""
-    edges = [[(lo, min(lo + b, n)) for lo in range(0, n, b)] for n, b in zip(shape, block)]
+    edges = block_edges(shape, block)
     for z in edges[0]:
         yield [(z, y, x) for y in edges[1] for x in edges[2]]
+
+
+def block_edges(shape: Sequence[int], block: Sequence[int]) -> list[list[tuple[int, int]]]:
+    """Per axis (z, y, x), the ``(lo, hi)`` ranges of the block cores (clipped at the far edges)."""
+    return [[(lo, min(lo + b, n)) for lo in range(0, n, b)] for n, b in zip(shape, block)]
+
+
+def block_core(shape: Sequence[int], block: Sequence[int], index: int) -> Box:
+    """The core of block ``index`` in the order of :func:`block_cores` (z rows, then y, then x)."""
+    edges = block_edges(shape, block)
+    iz, rest = divmod(int(index), len(edges[1]) * len(edges[2]))
+    iy, ix = divmod(rest, len(edges[2]))
+    return edges[0][iz], edges[1][iy], edges[2][ix]
 
 
 def redundancy(grid: TilePlan, block: Sequence[int]) -> float:
@@ -187,17 +200,30 @@ def run_blocks(engine, source, grid: TilePlan, normalizer: Normalizer, channels:
             slab = output_array(output, engine.n_classes, (z_hi - z_lo, *shape[1:]))
             for core in row:
                 target = slab[(Ellipsis, *(slice(lo - o, hi - o) for (lo, hi), o in zip(core, (z_lo, 0, 0))))]
-                if out_shape is None:
-                    _run_core(engine, source, block_plan(grid, core), normalizer, channels, output, target, state)
-                else:
-                    needed = source_box(core, grid.shape, shape)
-                    logits = output_array("logits", engine.n_classes, [hi - lo for lo, hi in needed])
-                    _run_core(engine, source, block_plan(grid, needed), normalizer, channels, "logits", logits, state)
-                    _bring_back(logits, needed, core, grid.shape, shape, head, target)
+                run_block(engine, source, grid, normalizer, channels, output, core, target, state, out_shape, head)
                 count += 1
                 bar.update(1)
             sink(z_lo, slab)
     return count
+
+
+def run_block(engine, source, grid: TilePlan, normalizer: Normalizer, channels: Sequence[int] | None,
+              output: str, core: Box, target: np.ndarray, state, out_shape: Sequence[int] | None = None,
+              head: OutputHead | None = None) -> None:
+    """Segment one block: the output of the voxels ``core`` (output voxels) into ``target``.
+
+    ``target`` has the core's shape: ``(dz, dy, dx)`` for labels, ``(K, dz, dy, dx)`` otherwise
+    (:func:`output_array`). Every other argument is as for :func:`run_blocks`; a block run alone (on a
+    dask worker) gives the same voxels as within a whole :func:`run_blocks` run.
+    """
+    if out_shape is None:
+        _run_core(engine, source, block_plan(grid, core), normalizer, channels, output, target, state)
+        return
+    shape = tuple(out_shape)
+    needed = source_box(core, grid.shape, shape)
+    logits = output_array("logits", engine.n_classes, [hi - lo for lo, hi in needed])
+    _run_core(engine, source, block_plan(grid, needed), normalizer, channels, "logits", logits, state)
+    _bring_back(logits, needed, core, grid.shape, shape, head or OutputHead(engine.activation, output), target)
 
 
 def _bring_back(logits: np.ndarray, needed: Box, core: Box, grid_shape, shape, head: OutputHead,

@@ -20,16 +20,39 @@ from tpem_seg.errors import InputError
 from tpem_seg.io import Volume, open_writer, read_volume
 from tpem_seg.models.package import ModelPackage, open_package
 from tpem_seg.runtime.backends import Backend, create_backend
-from tpem_seg.runtime.blocks import BLOCK_YX, default_block, run_blocks
+from tpem_seg.runtime.blocks import BLOCK_YX, default_block, output_array, run_block, run_blocks
 from tpem_seg.runtime.engine import RunState, TileEngine
-from tpem_seg.runtime.normalize import fit_normalizer
-from tpem_seg.runtime.pipeline import BackgroundWriter, make_plan
+from tpem_seg.runtime.normalize import Normalizer, fit_normalizer
+from tpem_seg.runtime.pipeline import BackgroundWriter, Box, TilePlan, make_plan
 from tpem_seg.runtime.resample import ResampledVolume, needs_resampling
 from tpem_seg.runtime.settings import RunSettings, TileOptions
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunSummary", "Segmenter", "TileOptions"]
+__all__ = ["RunInputs", "RunSummary", "Segmenter", "TileOptions"]
+
+
+@dataclass
+class RunInputs:
+    """What a run over one volume works on, resolved once (:meth:`Segmenter.prepare`).
+
+    volume: the input; source: what the tiles are read from (the input, or a
+    :class:`~tpem_seg.runtime.resample.ResampledVolume` of it at the model's voxel size); channels: the
+    source's channels feeding the model (None: all, in order); normalizer: fitted once over the
+    source; grid: the global tile plan over the source; resampled: whether the source is resampled.
+    """
+
+    volume: Volume
+    source: object
+    channels: list[int] | None
+    normalizer: Normalizer
+    grid: TilePlan
+    resampled: bool
+
+    @property
+    def out_shape(self) -> tuple[int, int, int] | None:
+        """The output grid when it differs from the source's (resampled), else None."""
+        return self.volume.shape_zyx if self.resampled else None
 
 
 @dataclass
@@ -203,14 +226,12 @@ class Segmenter:
                           options, options.batch_size or self.backend.default_batch_size(),
                           backend=self.backend if device_tensors else None)
 
-    def _segment_volume(self, volume: Volume, sink: Callable[[int, np.ndarray], None]) -> RunSummary:
-        """Run ``volume`` through the network; ``sink(first_plane, slab)`` gets the output in z order."""
+    def prepare(self, volume: Volume, normalizer: Normalizer | None = None) -> RunInputs:
+        """Check ``volume`` against the model, resample it where its voxel size differs, fit the
+        normaliser (unless given: a distributed run fits it once on its driver) and lay the global
+        tile plan. Cheap: nothing is read but the normaliser's sample."""
         channels = self._check_channels(volume)
         manifest = self.package.manifest
-        started = time.perf_counter()
-        self.backend.load()
-        state = RunState()
-        output = self.settings.output
         resampled = self.settings.resample and needs_resampling(volume.spacing, manifest.spacing)
         source, source_channels = volume, channels
         if resampled:
@@ -219,17 +240,40 @@ class Segmenter:
         elif self.settings.resample and volume.spacing is None and manifest.spacing is not None:
             log.warning("input voxel size unknown; assuming the model's %s µm (give --spacing to resample)",
                         manifest.spacing)
-        normalizer = fit_normalizer(source, manifest.normalization, source_channels)
+        if normalizer is None:
+            normalizer = fit_normalizer(source, manifest.normalization, source_channels)
         grid = make_plan(source.shape_zyx, manifest.tile, self.settings.tiles.overlap)
+        return RunInputs(volume, source, source_channels, normalizer, grid, resampled)
+
+    def segment_block(self, inputs: RunInputs, core: Box) -> tuple[np.ndarray, RunState]:
+        """The output of the output voxels ``core`` (``(lo, hi)`` per axis z, y, x) of a prepared run,
+        bit-identical to the same voxels of a whole run, and what it computed. Labels ``(dz, dy, dx)``
+        uint8, probabilities ``(K, dz, dy, dx)`` float16 or logits float32."""
+        with self._lock:
+            self.backend.load()
+            state = RunState()
+            target = output_array(self.settings.output, self.package.manifest.config.out_channels,
+                                  [hi - lo for lo, hi in core])
+            run_block(self._engine(), inputs.source, inputs.grid, inputs.normalizer, inputs.channels,
+                      self.settings.output, core, target, state, inputs.out_shape)
+            return target, state
+
+    def _segment_volume(self, volume: Volume, sink: Callable[[int, np.ndarray], None]) -> RunSummary:
+        """Run ``volume`` through the network; ``sink(first_plane, slab)`` gets the output in z order."""
+        started = time.perf_counter()
+        inputs = self.prepare(volume)
+        self.backend.load()
+        state = RunState()
+        output = self.settings.output
+        source, source_channels, grid, resampled = inputs.source, inputs.channels, inputs.grid, inputs.resampled
         engine = self._engine()
         block = self._block(volume.shape_zyx, resampled)
         extra: dict = {}
         if block is None:
-            engine.run(source, grid, normalizer, source_channels, output, sink, state, self.progress)
+            engine.run(source, grid, inputs.normalizer, source_channels, output, sink, state, self.progress)
         else:
-            extra["blocks"] = run_blocks(engine, source, grid, normalizer, source_channels, output, block, sink,
-                                         state, out_shape=volume.shape_zyx if resampled else None,
-                                         progress=self.progress)
+            extra["blocks"] = run_blocks(engine, source, grid, inputs.normalizer, source_channels, output, block,
+                                         sink, state, out_shape=inputs.out_shape, progress=self.progress)
             extra["block"] = block
             extra["redundancy"] = round(state.tiles / grid.n_tiles, 4)
         summary = RunSummary(volume.shape_zyx, state.tiles, 0.0, self.backend.describe(), resampled=resampled)
@@ -243,11 +287,17 @@ class Segmenter:
     def _block(self, shape: tuple[int, int, int], resampled: bool) -> tuple[int, int, int] | None:
         """The block core for a run over an output of ``shape`` (None: one pass in z-slabs)."""
         block = self.settings.block
+        wide = max(shape[1:]) > BLOCK_YX
+        if not isinstance(block, tuple) and not resampled and (block == "off" or not wide):
+            return None
+        return self.block_size(shape)
+
+    def block_size(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        """The block core over an output of ``shape``: the one set (clipped to the volume), else
+        :func:`~tpem_seg.runtime.blocks.default_block` for this output."""
+        block = self.settings.block
         if isinstance(block, tuple):
             return tuple(min(b, n) for b, n in zip(block, shape))
-        wide = max(shape[1:]) > BLOCK_YX
-        if not resampled and (block == "off" or not wide):
-            return None
         k = self.package.manifest.config.out_channels
         voxel_bytes = {"labels": 1, "probabilities": 2 * k, "logits": 4 * k}[self.settings.output]
         return default_block(shape, self.package.manifest.tile, voxel_bytes)

@@ -26,11 +26,13 @@ class Terminated(BaseException):
 
     Attributes:
         signum: the signal's number.
+        outcome: what happened to the run's output, for the closing line (a resumable run keeps it).
     """
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+        self.outcome = "partial output removed"
 
     @property
     def name(self) -> str:

@@ -6,6 +6,9 @@ file; the next run writing ``NAME`` from the same machine removes the ones whose
 process is gone. Names from other machines (a shared file system) or from live
 processes are left alone, so two runs never delete each other's work.
 
+A distributed run (:mod:`tpem_seg.distributed`) fills ``.NAME.partial-resumable`` instead: one fixed
+name per output, which this clean-up never removes, so a stopped run can be found and continued.
+
 Two runs writing the same ``NAME`` at once would race for the final rename: an
 :class:`OutputLock` (``flock`` on ``.NAME.lock``) lets the second refuse at once.
 """
@@ -36,6 +39,11 @@ def _host_tag() -> str:
 def partial_name(final: Path) -> Path:
     """A fresh temporary name beside ``final``: ``.NAME.partial-HOST-PID-TOKEN``."""
     return final.with_name(f".{final.name}.partial-{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def resumable_name(final: Path) -> Path:
+    """The one temporary name of a resumable (distributed) run writing ``final``: ``.NAME.partial-resumable``."""
+    return final.with_name(f".{final.name}.partial-resumable")
 
 
 def _alive(pid: int) -> bool:
