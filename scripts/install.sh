@@ -4,7 +4,8 @@
 #      root on Debian/Ubuntu; elsewhere it says so and the viewer tests skip;
 #   2. PyTorch: the CPU build torch==2.13.0 unless a torch is already there (on a GPU machine,
 #      install your CUDA build into .venv first);
-#   3. tpem-seg itself, editable, with training, export, bioimage.io, napari and test extras;
+#   3. tpem-seg itself, editable, with training, export, bioimage.io, napari, OpenVINO, dask
+#      (distributed runs) and test extras;
 #   4. the native runtime (cpp_bindings/install.sh: libtpem, its C ABI and CMake config, the
 #      tpem_seg_cpp binding, and the C tests built under AddressSanitizer + UBSan).
 #
