@@ -4,12 +4,15 @@
 on each fold's four training volumes (the study's folds, ``tpem_seg.train.study.design.FOLDS``) into
 ``OUT/fold{k}/best.pt``.
 
-``score``: each fold's package on its two held-out volumes through ``tpem-seg run``'s own path (the
-Segmenter, ONNX Runtime, the volume at its own voxel size): vessel Dice against the labels, beside a
-global Otsu threshold and the best global threshold chosen on the volume's own labels
+``score``: each fold's network on its two held-out volumes through the runtime's own path (the
+Segmenter with the torch backend on the fold's weights, unexported: ONNX export and its parity are
+checked on the final model; each volume at its own voxel size): vessel Dice against the labels, beside
+a global Otsu threshold and the best global threshold chosen on the volume's own labels
 (:func:`tpem_seg.train.metrics.best_threshold_dice`, an upper bound for any global threshold), and the
-AUROC with which the uncertainty map (``--uncertainty``, Monte-Carlo dropout) ranks the model's wrong
-voxels above its right ones. Writes ``benchmarks/results/vessels2p_cv.{json,md}``.
+AUROC with which the uncertainty map (Monte-Carlo dropout) ranks the model's wrong voxels above its
+right ones, on a central y-x crop (``--crop``: the passes cost ``1 + passes`` network calls per tile).
+
+``report``: merges the folds into ``benchmarks/results/vessels2p_cv.{json,md}``.
 
 Run from the repository root, e.g.::
 
@@ -66,44 +69,74 @@ def train(folds: list[int], out: Path) -> None:
         log.info("fold %d: trained in %.1f min -> %s", k, minutes, best)
 
 
-def score(folds: list[int], out: Path, passes: int, data: str) -> None:
-    """Export each fold's model and score it on its held-out volumes into ``out/fold{k}/scores.json``."""
-    from tpem_seg.export import ExportOptions, export_package, source_from_checkpoint
+def weights_package(checkpoint: Path, folder: Path):
+    """The fold's network as an (unexported, in-memory) package holding only its PyTorch weights: the
+    torch backend runs it; export (ONNX and parity) is left to the final model."""
+    import torch
+
+    from tpem_seg.export import ExportOptions, source_from_checkpoint
+    from tpem_seg.export.exporter import manifest_for
+    from tpem_seg.models.package import ModelPackage
+
+    source = source_from_checkpoint(checkpoint)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(source.state_dict, folder / "model.pt")
+    manifest = manifest_for(source, ExportOptions(folder / f"{checkpoint.parent.name}.tpem",
+                                                  channel_names=("vessel",), class_names=("background", "vessel")))
+    manifest.weights_file = "model.pt"
+    return ModelPackage(folder, manifest)
+
+
+def central_crop(array: np.ndarray, size: int) -> np.ndarray:
+    """The central ``size x size`` y-x part of ``array (..., Y, X)`` (all of an axis shorter than that)."""
+    y0, x0 = (max(0, (n - size) // 2) for n in array.shape[-2:])
+    return array[..., y0:y0 + size, x0:x0 + size]
+
+
+def score_volume(seg, image: np.ndarray, truth: np.ndarray, spacing, crop: int) -> dict:
+    """Dice of ``seg`` on the whole ``image (Z, Y, X)`` against ``truth`` (bool), the two thresholding
+    baselines, and the uncertainty AUROC for the wrong voxels of a central ``crop`` (y-x) run."""
+    from tpem_seg.train.metrics import best_threshold_dice, dice, error_auroc, otsu_labels
+
+    t0 = time.perf_counter()
+    pred = seg.segment(image, spacing=spacing) == 1
+    seconds = time.perf_counter() - t0
+    best, threshold = best_threshold_dice(image, truth)
+    t0 = time.perf_counter()
+    labels, uncertainty = seg.segment(central_crop(image, crop), spacing=spacing, uncertainty=True)
+    wrong = (labels == 1) != central_crop(truth, crop)
+    return {"dice": dice(pred, truth), "otsu_dice": dice(otsu_labels(image) == 1, truth),
+            "best_threshold_dice": best, "best_threshold": threshold, "error_rate": float((pred != truth).mean()),
+            "crop_shape": list(labels.shape), "crop_error_rate": float(wrong.mean()),
+            "uncertainty_auroc": error_auroc(uncertainty, wrong), "uncertainty_mean": float(uncertainty.mean()),
+            "uncertainty": seg.last_summary.extra["uncertainty"], "seconds": round(seconds, 1),
+            "uncertainty_seconds": round(time.perf_counter() - t0, 1)}
+
+
+def score(folds: list[int], out: Path, passes: int, crop: int, data: str) -> None:
+    """Score each fold's model on its held-out volumes into ``out/fold{k}/scores.json``."""
     from tpem_seg.io import read_volume
     from tpem_seg.runtime import Segmenter
-    from tpem_seg.train.metrics import best_threshold_dice, dice, error_auroc, otsu_labels
 
     specs = vesselnn_specs(data)
     for k in folds:
         folder = out / f"fold{k}"
         started = time.perf_counter()
-        package, _ = export_package(source_from_checkpoint(folder / "best.pt"), ExportOptions(
-            folder / f"vessels-2p-fold{k}.tpem", name=f"vessels-2p-fold{k}", channel_names=("vessel",),
-            class_names=("background", "vessel"), overwrite=True))
+        package = weights_package(folder / "best.pt", folder / "weights")
         rows = []
-        with Segmenter(package, backend="onnxruntime", device="cpu", overlap=0.0, resample=False,
-                       mc_passes=passes, backend_options={"threads": 1}) as seg:
+        with Segmenter(package, backend="torch", device="cpu", overlap=0.0, resample=False, mc_passes=passes,
+                       backend_options={"threads": 1}) as seg:
             for name in FOLDS[k]:
                 spec = specs[name]
-                volume = read_volume(spec.image, spacing=spec.spacing)
-                image = volume.read_czyx()[0]
+                image = read_volume(spec.image).read_czyx()[0]
                 truth = read_volume(spec.labels).read_czyx()[0] > 0
-                t0 = time.perf_counter()
-                labels, uncertainty = seg.segment(volume, uncertainty=True)
-                seconds = time.perf_counter() - t0
-                pred = labels == 1
-                best, threshold = best_threshold_dice(image, truth)
-                rows.append({"fold": k, "volume": name, "spacing_um": list(spec.spacing), "shape": list(image.shape),
-                             "dice": dice(pred, truth), "otsu_dice": dice(otsu_labels(image) == 1, truth),
-                             "best_threshold_dice": best, "best_threshold": threshold,
-                             "error_rate": float((pred != truth).mean()),
-                             "uncertainty_auroc": error_auroc(uncertainty, pred != truth),
-                             "uncertainty_mean": float(uncertainty.mean()),
-                             "uncertainty": seg.last_summary.extra["uncertainty"], "seconds": round(seconds, 1)})
-                log.info("fold %d %s: Dice %.3f (Otsu %.3f, best threshold %.3f), uncertainty AUROC %.3f, %.0f s",
-                         k, name, rows[-1]["dice"], rows[-1]["otsu_dice"], best, rows[-1]["uncertainty_auroc"],
-                         seconds)
-        (folder / "scores.json").write_text(json.dumps({"rows": rows, "minutes": round(
+                row = {"fold": k, "volume": name, "spacing_um": list(spec.spacing), "shape": list(image.shape),
+                       **score_volume(seg, image, truth, spec.spacing, crop)}
+                rows.append(row)
+                log.info("fold %d %s: Dice %.3f (Otsu %.3f, best threshold %.3f), uncertainty AUROC %.3f (%s)",
+                         k, name, row["dice"], row["otsu_dice"], row["best_threshold_dice"],
+                         row["uncertainty_auroc"], row["uncertainty"])
+        (folder / "scores.json").write_text(json.dumps({"rows": rows, "crop": crop, "minutes": round(
             (time.perf_counter() - started) / 60, 2)}, indent=1) + "\n")
 
 
@@ -122,15 +155,20 @@ def report(out: Path, command: str) -> None:
               "score_minutes": score_minutes, "rows": rows}
     Path(RESULTS + ".json").write_text(json.dumps(result, indent=1) + "\n")
     keys = ("dice", "otsu_dice", "best_threshold_dice", "uncertainty_auroc")
+    crop = json.loads((out / "fold0" / "scores.json").read_text())["crop"]
+    spread = rows[0]["uncertainty"]
     lines = [f"# vessels-2p recipe, cross-validated (3 folds, seed {recipe.seed})", "",
              f"`{command}`", "",
              f"Recipe `{RECIPE}`: from scratch, {recipe.steps} steps x {recipe.batch_size} patches, ViT dropout "
-             f"{recipe.dropout_rate}; each fold trained on 4 volumes, scored on its 2 held-out ones with the "
-             f"exported package on ONNX Runtime (tiles without overlap, each volume at its own voxel size); "
-             f"uncertainty: {rows[0]['uncertainty']['method']}, {rows[0]['uncertainty']['passes']} passes. "
-             f"Machine: {machine}. Training minutes per fold: "
-             + ", ".join(f"{k}: {v}" for k, v in train_minutes.items()) + "; scoring minutes per fold: "
-             + ", ".join(f"{k}: {v}" for k, v in score_minutes.items()) + ".", "",
+             f"{recipe.dropout_rate}; each fold's model trained on 4 volumes and scored on its 2 held-out ones "
+             f"through the runtime (`Segmenter`, torch backend fp32, tiles without overlap, each volume at its "
+             f"own voxel size). Dice, Otsu and the best global threshold (chosen on the volume's own labels: "
+             f"an upper bound for thresholding) on the whole volume; the uncertainty AUROC (uncertainty ranking "
+             f"the model's wrong voxels above its right ones; 0.5 = chance) on the central {crop}x{crop} y-x "
+             f"part, all planes, with {spread['method']} ({spread['passes']} passes). Machine: {machine}. "
+             f"Training minutes per fold: " + ", ".join(f"{k}: {v}" for k, v in train_minutes.items())
+             + "; scoring minutes per fold: " + ", ".join(f"{k}: {v}" for k, v in score_minutes.items()) + ".",
+             "",
              "| fold | volume | Dice | Otsu | best global threshold (own labels) | error rate | uncertainty AUROC |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -152,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     p_score.add_argument("--folds", default="0,1,2")
     p_score.add_argument("--out", default=OUT)
     p_score.add_argument("--mc-passes", type=int, default=20)
+    p_score.add_argument("--crop", type=int, default=256, help="y-x size of the central part the uncertainty "
+                         "AUROC is measured on")
     p_score.add_argument("--data", default=DATA)
     p_report = sub.add_parser("report", help="write benchmarks/results/vessels2p_cv.{json,md}")
     p_report.add_argument("--out", default=OUT)
@@ -161,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "train":
         train([int(k) for k in args.folds.split(",")], Path(args.out))
     elif args.command == "score":
-        score([int(k) for k in args.folds.split(",")], Path(args.out), args.mc_passes, args.data)
+        score([int(k) for k in args.folds.split(",")], Path(args.out), args.mc_passes, args.crop, args.data)
     else:
         report(Path(args.out), args.made_by)
 
