@@ -113,8 +113,9 @@ def score_volume(seg, image: np.ndarray, truth: np.ndarray, spacing, crop: int) 
             "uncertainty_seconds": round(time.perf_counter() - t0, 1)}
 
 
-def score(folds: list[int], out: Path, passes: int, crop: int, data: str) -> None:
-    """Score each fold's model on its held-out volumes into ``out/fold{k}/scores.json``."""
+def score(folds: list[int], out: Path, passes: int, crop: int, data: str, only: list[str] | None = None) -> None:
+    """Score each fold's model on its held-out volumes (those in ``only``, when given; one process per
+    volume shares a loaded CPU better) into ``out/fold{k}/scores_{volume}.json``."""
     from tpem_seg.io import read_volume
     from tpem_seg.runtime import Segmenter
 
@@ -122,32 +123,34 @@ def score(folds: list[int], out: Path, passes: int, crop: int, data: str) -> Non
     for k in folds:
         folder = out / f"fold{k}"
         started = time.perf_counter()
-        package = weights_package(folder / "best.pt", folder / "weights")
-        rows = []
+        names = [n for n in FOLDS[k] if only is None or n in only]
+        if not names:
+            continue
+        package = weights_package(folder / "best.pt", folder / f"weights_{names[0]}")
         with Segmenter(package, backend="torch", device="cpu", overlap=0.0, resample=False, mc_passes=passes,
                        backend_options={"threads": 1}) as seg:
-            for name in FOLDS[k]:
+            for name in names:
                 spec = specs[name]
                 image = read_volume(spec.image).read_czyx()[0]
                 truth = read_volume(spec.labels).read_czyx()[0] > 0
                 row = {"fold": k, "volume": name, "spacing_um": list(spec.spacing), "shape": list(image.shape),
                        **score_volume(seg, image, truth, spec.spacing, crop)}
-                rows.append(row)
                 log.info("fold %d %s: Dice %.3f (Otsu %.3f, best threshold %.3f), uncertainty AUROC %.3f (%s)",
                          k, name, row["dice"], row["otsu_dice"], row["best_threshold_dice"],
                          row["uncertainty_auroc"], row["uncertainty"])
-        (folder / "scores.json").write_text(json.dumps({"rows": rows, "crop": crop, "minutes": round(
-            (time.perf_counter() - started) / 60, 2)}, indent=1) + "\n")
+                (folder / f"scores_{name}.json").write_text(json.dumps({"row": row, "crop": crop, "minutes": round(
+                    (time.perf_counter() - started) / 60, 2)}, indent=1) + "\n")
 
 
 def report(out: Path, command: str) -> None:
     """Merge the folds' scores into ``benchmarks/results/vessels2p_cv.{json,md}``."""
     rows, train_minutes, score_minutes = [], {}, {}
-    for k in range(len(FOLDS)):
-        scores = json.loads((out / f"fold{k}" / "scores.json").read_text())
-        rows += scores["rows"]
-        score_minutes[k] = scores["minutes"]
+    for k, names in enumerate(FOLDS):
+        scores = [json.loads((out / f"fold{k}" / f"scores_{name}.json").read_text()) for name in names]
+        rows += [s["row"] for s in scores]
+        score_minutes[k] = round(sum(s["minutes"] for s in scores), 2)
         train_minutes[k] = json.loads((out / f"fold{k}" / "train_time.json").read_text())["minutes"]
+    crop = scores[0]["crop"]
     recipe = load_config(FinetuneConfig, RECIPE)
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), no GPU"
     result = {"command": command, "recipe": RECIPE, "steps": recipe.steps, "batch_size": recipe.batch_size,
@@ -155,7 +158,6 @@ def report(out: Path, command: str) -> None:
               "score_minutes": score_minutes, "rows": rows}
     Path(RESULTS + ".json").write_text(json.dumps(result, indent=1) + "\n")
     keys = ("dice", "otsu_dice", "best_threshold_dice", "uncertainty_auroc")
-    crop = json.loads((out / "fold0" / "scores.json").read_text())["crop"]
     spread = rows[0]["uncertainty"]
     lines = [f"# vessels-2p recipe, cross-validated (3 folds, seed {recipe.seed})", "",
              f"`{command}`", "",
@@ -167,7 +169,7 @@ def report(out: Path, command: str) -> None:
              f"the model's wrong voxels above its right ones; 0.5 = chance) on the central {crop}x{crop} y-x "
              f"part, all planes, with {spread['method']} ({spread['passes']} passes). Machine: {machine}. "
              f"Training minutes per fold: " + ", ".join(f"{k}: {v}" for k, v in train_minutes.items())
-             + "; scoring minutes per fold: " + ", ".join(f"{k}: {v}" for k, v in score_minutes.items()) + ".",
+             + "; scoring minutes per fold (its volumes in parallel processes, summed): " + ", ".join(f"{k}: {v}" for k, v in score_minutes.items()) + ".",
              "",
              "| fold | volume | Dice | Otsu | best global threshold (own labels) | error rate | uncertainty AUROC |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -193,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     p_score.add_argument("--crop", type=int, default=256, help="y-x size of the central part the uncertainty "
                          "AUROC is measured on")
     p_score.add_argument("--data", default=DATA)
+    p_score.add_argument("--volumes", default=None, help="comma-separated held-out volumes to score (default: all)")
     p_report = sub.add_parser("report", help="write benchmarks/results/vessels2p_cv.{json,md}")
     p_report.add_argument("--out", default=OUT)
     p_report.add_argument("--made-by", required=True, help="the exact commands that made the scores")
@@ -201,7 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "train":
         train([int(k) for k in args.folds.split(",")], Path(args.out))
     elif args.command == "score":
-        score([int(k) for k in args.folds.split(",")], Path(args.out), args.mc_passes, args.crop, args.data)
+        score([int(k) for k in args.folds.split(",")], Path(args.out), args.mc_passes, args.crop, args.data,
+              args.volumes.split(",") if args.volumes else None)
     else:
         report(Path(args.out), args.made_by)
 
