@@ -19,7 +19,6 @@ passes and overlapping tiles, i.e. the total predictive uncertainty.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -27,8 +26,6 @@ import numpy as np
 
 from tpem_seg.runtime.loop import TTA_FLIPS, flip_passes, with_flips
 from tpem_seg.runtime.outputs import OutputHead
-
-log = logging.getLogger(__name__)
 
 METHODS = ("mc-dropout", "flips")
 #: What the map holds, written into its metadata.
@@ -43,6 +40,11 @@ class UncertaintyPlan:
     method: str
     passes: int
     reason: str
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS or self.passes < 1:
+            raise ValueError(f"uncertainty method {self.method!r} with {self.passes} passes: use one of {METHODS}, "
+                             f"at least 1 pass")
 
     def metadata(self) -> dict[str, str]:
         """Key-value metadata stored with the map (:func:`~tpem_seg.io.open_writer`'s ``properties``)."""
