@@ -21,6 +21,7 @@ VOLUME_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".npy", ".zarr")
 #: Default output names for several inputs (or a folder as output); ``{name}`` is the input's stem.
 LABELS_TEMPLATE = "{name}_labels.tif"
 PROBABILITIES_TEMPLATE = "{name}_probabilities.tif"
+UNCERTAINTY_TEMPLATE = "{name}_uncertainty.tif"
 
 
 def stem(path: Path) -> str:
@@ -65,10 +66,10 @@ def expand_inputs(patterns: Sequence[str | Path]) -> list[Path]:
     return list(unique)
 
 
-def output_paths(inputs: Sequence[Path], output: Path, probabilities: bool, template: str | None = None
-                 ) -> list[Path]:
+def output_paths(inputs: Sequence[Path], output: Path, probabilities: bool, template: str | None = None,
+                 flag: str = "-o") -> list[Path]:
     """One output per input: ``output`` itself for one input (unless it is a folder), else
-    ``output/<template>`` with ``{name}`` the input's stem.
+    ``output/<template>`` with ``{name}`` the input's stem (``flag``: the option named in errors).
 
     Raises:
         OutputError: several inputs but ``output`` is not a folder, a template without
@@ -79,7 +80,7 @@ def output_paths(inputs: Sequence[Path], output: Path, probabilities: bool, temp
     if len(inputs) == 1 and (not output.is_dir() or is_zarr_folder(output)):
         return [output]  # an existing zarr store is an output to replace, not a folder to write into
     if not output.is_dir():
-        raise OutputError(f"{output} is not a folder; with several inputs, -o must name an existing folder")
+        raise OutputError(f"{output} is not a folder; with several inputs, {flag} must name an existing folder")
     template = template or (PROBABILITIES_TEMPLATE if probabilities else LABELS_TEMPLATE)
     if len(inputs) > 1 and "{name}" not in template:
         raise OutputError(f"--name-template {template!r} has no {{name}}; every input would write the same file")
@@ -96,8 +97,10 @@ def output_paths(inputs: Sequence[Path], output: Path, probabilities: bool, temp
 
 def run_record(src: Path, dst: Path, spacing_in: Sequence[float] | None, spacing_used: Sequence[float] | None,
                model: str, model_sha256: str, backend: str, device: str, precision: str,
-               shape: Sequence[int], tiles: int, seconds: float) -> dict[str, Any]:
-    """One machine-readable record of a run (spacings in µm, z/y/x; seconds wall clock)."""
+               shape: Sequence[int], tiles: int, seconds: float, uncertainty: Path | None = None,
+               uncertainty_plan: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One machine-readable record of a run (spacings in µm, z/y/x; seconds wall clock); with an
+    uncertainty map, its path and how it was measured (``method``, ``passes``, ``reason``)."""
     voxels = 1
     for n in shape:
         voxels *= int(n)
@@ -106,7 +109,8 @@ def run_record(src: Path, dst: Path, spacing_in: Sequence[float] | None, spacing
             "voxel_size_used_um": list(spacing_used) if spacing_used else None,
             "model": model, "model_sha256": model_sha256, "backend": backend, "device": device,
             "precision": precision, "tiles": int(tiles), "seconds": round(float(seconds), 3),
-            "voxels_per_second": round(voxels / seconds, 1) if seconds > 0 else None}
+            "voxels_per_second": round(voxels / seconds, 1) if seconds > 0 else None,
+            **({"uncertainty": {"output": str(uncertainty), **(uncertainty_plan or {})}} if uncertainty else {})}
 
 
 class JsonLines:

@@ -63,6 +63,11 @@ def run(
     skip_existing: bool = typer.Option(False, "--skip-existing", help="leave inputs whose output exists"),
     json_out: Optional[str] = typer.Option(None, "--json", help="write one JSON record per input to FILE "
                                            "(- for stdout)"),
+    uncertainty: Optional[Path] = typer.Option(None, "--uncertainty", help="also write a float32 uncertainty map "
+                                               "(predictive entropy, 0-1) here, or into this folder as "
+                                               "{name}_uncertainty.tif: Monte-Carlo dropout for a package trained "
+                                               "with dropout, else the spread over the 8 flips"),
+    mc_passes: int = typer.Option(20, "--mc-passes", help="Monte-Carlo dropout passes per tile for --uncertainty"),
     tune: bool = typer.Option(True, "--tune/--no-tune", help="--backend auto on a CPU: on a model's first run here, "
                               "time the faithful configurations on a few tiles (a few seconds, cached) and run the "
                               "fastest; --no-tune keeps the fixed order"),
@@ -75,7 +80,7 @@ def run(
                                 "(refused when the model, options or input differ)"),
 ) -> None:
     """Segment volumes; write uint8 labels (or probabilities) with the input's voxel size."""
-    from tpem_seg.cli.run_helpers import JsonLines, expand_inputs, output_paths, run_record
+    from tpem_seg.cli.run_helpers import UNCERTAINTY_TEMPLATE, JsonLines, expand_inputs, output_paths, run_record
     from tpem_seg.io import read_volume
     from tpem_seg.io.paths import check_outputs
     from tpem_seg.models import open_package
@@ -87,15 +92,19 @@ def run(
     channel_list = parse_numbers(channels, "--channels", kind=int, example="0,1")
     sources = expand_inputs(inputs)
     outputs = output_paths(sources, output, probabilities, name_template)
-    check_outputs(sources, outputs)
-    jobs = [(s, d) for s, d in zip(sources, outputs) if not (skip_existing and d.exists())]
+    spreads = (output_paths(sources, uncertainty, False, UNCERTAINTY_TEMPLATE, "--uncertainty") if uncertainty
+               else [None] * len(sources))
+    check_outputs(sources * 2 if uncertainty else sources, outputs + spreads if uncertainty else outputs)
+    jobs = [(s, d, u) for s, d, u in zip(sources, outputs, spreads) if not (skip_existing and d.exists())]
     for src, dst in zip(sources, outputs):
-        if (src, dst) not in jobs:
+        if skip_existing and dst.exists():
             typer.echo(f"{dst}: exists, skipped", err=True)
     if not jobs:
         return
     if resume and cluster is None:
         raise InputError("--resume continues a distributed run; add --cluster (e.g. --cluster local:2)")
+    if cluster is not None and uncertainty is not None:
+        raise InputError("--uncertainty runs on one machine (in z-slabs); drop --cluster for that run")
     package = open_package(model or default_model_for(jobs[0][0], axes, channel_list))
     if cluster is not None:
         import importlib
@@ -134,18 +143,18 @@ def run(
                    output="probabilities" if probabilities else "labels", channels=channel_list,
                    resample=resample, progress=sys.stderr.isatty() if progress is None else progress,
                    overlap=overlap, batch_size=batch_size, tta=tta, skip_empty=skip_empty,
-                   block=block) as segmenter:
+                   block=block, mc_passes=mc_passes) as segmenter:
         manifest, package_sha = segmenter.package.manifest, sha256_file(segmenter.package.path / "manifest.json")
         try:
-            for src, dst in jobs:
-                summary = segmenter.segment_file(src, dst, axes=axes, spacing=spacing_t)
+            for src, dst, spread in jobs:
+                summary = segmenter.segment_file(src, dst, axes=axes, spacing=spacing_t, uncertainty=spread)
                 typer.echo(f"{dst}: {summary.line()}", err=True)
                 spacing_in = spacing_t or read_volume(src, axes=axes).spacing
                 used = manifest.spacing if summary.resampled or spacing_in is None else spacing_in
                 backend_ = segmenter.backend
                 records.write(run_record(src, dst, spacing_in, used, manifest.name, package_sha, backend_.name,
                                          backend_.device, backend_.precision, summary.shape, summary.tiles,
-                                         summary.seconds))
+                                         summary.seconds, spread, summary.extra.get("uncertainty")))
         finally:
             records.close()
 

@@ -19,9 +19,11 @@ from typing import Any
 
 from tpem_seg.export.checkpoints import ExportSource, describe_config, model_from_source
 from tpem_seg.export.errors import ExportError
-from tpem_seg.export.onnx import (DEFAULT_OPSET, INSTANCE_NORM_MODES, check_onnx, check_opset, decompose_instance_norm,
-                                  export_onnx, onnx_opset, simplify_onnx)
-from tpem_seg.export.parity import FP32_TOLERANCE, ParityReport, check_parity, export_parity, parity_tiles
+from tpem_seg.export.onnx import (DEFAULT_OPSET, INSTANCE_NORM_MODES, MC_DROPOUT_FILE, check_onnx, check_opset,
+                                  decompose_instance_norm,
+                                  export_dropout_onnx, export_onnx, onnx_opset, simplify_onnx)
+from tpem_seg.export.parity import (FP32_TOLERANCE, ParityReport, check_parity, dropout_graph_parity, export_parity,
+                                    parity_tiles)
 from tpem_seg.errors import PackageError
 from tpem_seg.models.manifest import Manifest, NormalizationSpec
 from tpem_seg.models.package import SUFFIX, ModelPackage, open_package, write_package
@@ -111,6 +113,12 @@ def export_package(source: ExportSource, options: ExportOptions) -> tuple[ModelP
                               f"the ONNX export of {source.path.name}")
         manifest.parity = {"onnxruntime_vs_torch": report.to_dict()}
         files = {ONNX_FILE: staged.onnx_path}
+        if staged.mc_dropout_path is not None:
+            mc_report = check_parity(dropout_graph_parity(staged, tiles, parity.tolerance, parity.batch_size),
+                                     f"the dropout graph of {source.path.name}")
+            manifest.parity["onnxruntime_dropout_graph_vs_torch"] = mc_report.to_dict()
+            manifest.mc_dropout_file = MC_DROPOUT_FILE
+            files[MC_DROPOUT_FILE] = staged.mc_dropout_path
         if options.include_weights:
             files[WEIGHTS_FILE] = staged.weights_path
         manifest.weights_file = WEIGHTS_FILE if options.include_weights else None
@@ -145,9 +153,14 @@ def stage_package(model, manifest: Manifest, folder: Path, options: ExportOption
     if options.simplify:
         simplify_onnx(onnx_path)
     check_onnx(onnx_path, config.in_channels, config.out_channels, config.tile)
+    mc_file = None
+    if config.dropout_rate > 0:
+        export_dropout_onnx(model, folder / MC_DROPOUT_FILE, config, options.opset, options.instance_norm)
+        mc_file = MC_DROPOUT_FILE
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / WEIGHTS_FILE)
     manifest.onnx_opset = onnx_opset(onnx_path)  # what the file declares (the exporter may convert)
-    return ModelPackage(folder, replace(manifest, weights_file=WEIGHTS_FILE, files={}, parity={}))
+    return ModelPackage(folder, replace(manifest, weights_file=WEIGHTS_FILE, mc_dropout_file=mc_file, files={},
+                                        parity={}))
 
 
 def manifest_for(source: ExportSource, options: ExportOptions) -> Manifest:

@@ -20,16 +20,22 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
 def export_onnx(model: torch.nn.Module, path: str | Path, in_channels: int, tile: tuple[int, int, int],
-                opset: int = DEFAULT_OPSET, max_batch: int = 256) -> Path:
+                opset: int = DEFAULT_OPSET, max_batch: int = 256, dropout: bool = False) -> Path:
     """Write ``model`` as ONNX at ``path``: input ``(N, in_channels, *tile)`` float32 -> logits.
 
     Uses the ``torch.export`` based exporter (opset 17+ keeps LayerNormalization native;
-    18 by default); the batch axis is dynamic from 1 to ``max_batch``.
+    18 by default); the batch axis is dynamic from 1 to ``max_batch``. With ``dropout`` the
+    network's Dropout modules are exported in training mode (ONNX ``Dropout`` with
+    ``training_mode`` true: Monte-Carlo dropout), everything else in eval mode; the model is left
+    in eval mode.
     """
     import torch  # here, not at the top: the CLI reads DEFAULT_OPSET without loading torch
 
     path = Path(path)
     model = model.eval().cpu()
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)] if dropout else []
+    for m in dropouts:
+        m.train()
     example = torch.zeros(2, in_channels, *tile)
     batch = torch.export.Dim("batch", min=1, max=max_batch)
     arg_name = next(iter(_forward_arg_names(model)))
@@ -40,9 +46,53 @@ def export_onnx(model: torch.nn.Module, path: str | Path, in_channels: int, tile
         program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
                                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                     dynamic_shapes={arg_name: {0: batch}}, optimize=True)
+    for m in dropouts:
+        m.eval()
     log.debug("torch.onnx.export: %s", chatter.getvalue().strip())
     program.save(str(path), external_data=False)
     return path
+
+
+#: The network with dropout active, exported for networks trained with dropout (Monte-Carlo dropout).
+MC_DROPOUT_FILE = "model_mc.onnx"
+
+
+def export_dropout_onnx(model: torch.nn.Module, path: str | Path, config, opset: int = DEFAULT_OPSET,
+                        instance_norm: str = "decomposed") -> Path:
+    """Write the network (``config``: its :class:`~tpem_seg.models.config.UNETRConfig`) with its
+    dropout active at ``path`` (:func:`export_onnx` with ``dropout``), through the main graph's
+    passes, its Dropout nodes seeded (:func:`seed_dropout`), and checked (:func:`check_onnx`)."""
+    from tpem_seg.export.errors import ExportError
+
+    path = export_onnx(model, path, config.in_channels, config.tile, opset=opset, dropout=True)
+    if instance_norm == "decomposed":
+        decompose_instance_norm(path)
+    if not seed_dropout(path):
+        raise ExportError(f"the network has dropout {config.dropout_rate:g} but its dropout graph has no Dropout "
+                          "node; report this with the checkpoint's architecture")
+    check_onnx(path, config.in_channels, config.out_channels, config.tile)
+    return path
+
+
+def seed_dropout(path: str | Path, seed: int = 0) -> int:
+    """Give every ``Dropout`` node of the ONNX at ``path`` its own fixed ``seed`` attribute (``seed``,
+    ``seed + 1``, ... in graph order), in place; returns how many there are.
+
+    Without a seed ONNX Runtime draws each session's masks from a random state, so two runs of the
+    same volume would give different uncertainty maps; with one, a fresh session repeats its draws.
+    """
+    import onnx
+    from onnx import helper
+
+    path = Path(path)
+    model = onnx.load(str(path))
+    nodes = [n for n in model.graph.node if n.op_type == "Dropout" and n.domain in ("", "ai.onnx")]
+    for i, node in enumerate(nodes):
+        kept = [a for a in node.attribute if a.name != "seed"]
+        del node.attribute[:]
+        node.attribute.extend([*kept, helper.make_attribute("seed", seed + i)])
+    onnx.save(model, str(path))
+    return len(nodes)
 
 
 @contextlib.contextmanager

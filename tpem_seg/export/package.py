@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from tpem_seg.export.onnx import DEFAULT_OPSET, decompose_instance_norm, export_onnx
+from tpem_seg.export.onnx import (DEFAULT_OPSET, MC_DROPOUT_FILE, decompose_instance_norm, export_dropout_onnx,
+                                  export_onnx)
 from tpem_seg.models.manifest import Manifest
 from tpem_seg.models.package import ModelPackage, write_package
 
@@ -32,6 +33,10 @@ def package_from_model(model: torch.nn.Module, manifest: Manifest, dst: str | Pa
         if instance_norm == "decomposed":
             decompose_instance_norm(onnx_path)
         files: dict[str, Path] = {"model.onnx": onnx_path}
+        if config.dropout_rate > 0:
+            files[MC_DROPOUT_FILE] = export_dropout_onnx(model, Path(tmp) / MC_DROPOUT_FILE, config, opset,
+                                                         instance_norm)
+            manifest.mc_dropout_file = MC_DROPOUT_FILE
         if include_weights:
             weights = Path(tmp) / "model.pt"
             torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)

@@ -23,6 +23,7 @@ from tpem_seg.export.errors import ExportError, ParityError
 from tpem_seg.models.manifest import Manifest, NormalizationSpec
 from tpem_seg.models.package import ModelPackage
 from tpem_seg.runtime.backends import Backend, BackendSpec, create_backend
+from tpem_seg.runtime.backends.ort_backend import OnnxRuntimeBackend
 from tpem_seg.runtime.compare import compare_logits
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,16 @@ def export_parity(package: ModelPackage, tiles: ParityTiles, tolerance: float = 
     """ONNX Runtime (the package's ONNX) against PyTorch (its weights), both fp32 on the CPU."""
     return backend_parity(package, BackendSpec("torch", "cpu"), BackendSpec("onnxruntime", "cpu"), tiles, tolerance,
                           batch_size)
+
+
+def dropout_graph_parity(package: ModelPackage, tiles: ParityTiles, tolerance: float = FP32_TOLERANCE,
+                         batch_size: int = 3) -> ParityReport:
+    """The package's dropout graph (Monte-Carlo dropout) against PyTorch in eval mode, with ONNX
+    Runtime's default graph optimisations, whose EliminateDropout rewrite removes its Dropout nodes:
+    what is left must be the deterministic network (the draws themselves differ between runtimes)."""
+    candidate = OnnxRuntimeBackend(package, model_path=package.mc_dropout_path,
+                                   variant="dropout graph, dropout removed")
+    return backend_parity(package, BackendSpec("torch", "cpu"), candidate, tiles, tolerance, batch_size)
 
 
 def precision_parity(package: ModelPackage, precision: str, device: str, tiles: ParityTiles,

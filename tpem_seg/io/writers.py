@@ -36,7 +36,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -53,6 +53,9 @@ logger = logging.getLogger(__name__)
 
 #: Key of a label image's class names (JSON list) in ImageJ properties and the ``.npy`` sidecar.
 LABEL_NAMES_KEY = "label_names"
+#: Key of a writer's text ``properties`` in the ``.npy`` sidecar and the zarr group's attributes
+#: (TIFF: ImageJ image properties, each key on its own).
+PROPERTIES_KEY = "properties"
 
 #: Data types ImageJ can hold in a hyperstack.
 IMAGEJ_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
@@ -87,11 +90,13 @@ class VolumeWriter:
         channel_names: one name per channel (class names for probabilities), or empty.
         label_names: for a label image, the class name of each value 0..K-1; else empty.
         levels: pyramid levels written (zarr; 1 elsewhere).
+        properties: text key-value metadata (e.g. what an uncertainty map measures), or empty.
     """
 
     def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype, axes: str,
                  spacing: Spacing | None, channel_names: list[str], compression: str | None,
-                 label_names: list[str] | None = None, levels: int = 1) -> None:
+                 label_names: list[str] | None = None, levels: int = 1,
+                 properties: dict[str, str] | None = None) -> None:
         self.path = path
         self.shape = shape
         self.dtype = dtype
@@ -101,6 +106,7 @@ class VolumeWriter:
         self.compression = compression
         self.label_names = label_names or []
         self.levels = levels
+        self.properties = dict(properties or {})
         self._z = 0
         self._state = "open"
         self._temps: list[tuple[Path, Path]] = []  # (temporary, final), published in this order
@@ -334,9 +340,9 @@ class TiffVolumeWriter(VolumeWriter):
         them for each plane.
         """
         if self.label_names:  # ImageJ keeps them as an image property; tpem-seg's napari reader reads them
-            return {"Properties": {LABEL_NAMES_KEY: json.dumps(self.label_names)}}
+            return {"Properties": {**self.properties, LABEL_NAMES_KEY: json.dumps(self.label_names)}}
         if self.axes != "CZYX":
-            return {}
+            return {"Properties": dict(self.properties)} if self.properties else {}
         top = float(np.iinfo(self.dtype).max) if self.dtype.kind in "iu" else 1.0
         ramp = np.arange(256, dtype=np.float32) / 255
         luts = [np.round(np.outer(class_rgb(c), ramp)).astype(np.uint8) for c in range(self.n_channels)]
@@ -434,6 +440,8 @@ class NpyVolumeWriter(VolumeWriter):
                 "channel_names": list(self.channel_names)}
         if self.label_names:
             meta[LABEL_NAMES_KEY] = list(self.label_names)
+        if self.properties:
+            meta[PROPERTIES_KEY] = dict(self.properties)
         sidecar.write_text(json.dumps(meta, indent=1), encoding="utf-8")
         temp = self._reserve(self.path)
         self._array: np.memmap | None = np.lib.format.open_memmap(temp, mode="w+", dtype=self.dtype,
@@ -476,7 +484,7 @@ class ZarrVolumeWriter(VolumeWriter):
         self._chunks = zarr_chunks(self.shape, self.dtype)
         self._arrays = create_zarr_image(temp, self.path, self.shape, self.dtype, self.axes, self.spacing,
                                          self.channel_names, self.label_names, self._chunks, self.compression,
-                                         self.levels)
+                                         self.levels, self.properties)
         self._pending: list[np.ndarray] = []
         self._pending_z0 = 0
 
@@ -512,10 +520,12 @@ class ZarrVolumeWriter(VolumeWriter):
 
 def create_zarr_image(folder: Path, final: Path, shape: tuple[int, ...], dtype: np.dtype, axes: str,
                       spacing: Spacing | None, channel_names: Sequence[str], label_names: Sequence[str],
-                      chunks: tuple[int, ...], compression: str | None = None, levels: int = 1) -> list[Any]:
+                      chunks: tuple[int, ...], compression: str | None = None, levels: int = 1,
+                      properties: Mapping[str, str] | None = None) -> list[Any]:
     """Lay out an empty OME-Zarr 0.5 image in ``folder`` (to be published as ``final``): arrays ``0``,
     ``1``... (pyramid levels, y/x halved) of ``shape`` in ``axes`` with ``chunks`` (clipped per level)
-    and fill value 0, and the NGFF metadata. Returns the level arrays, open for writing.
+    and fill value 0, the NGFF metadata and the writer's text ``properties``. Returns the level
+    arrays, open for writing.
 
     The streaming writer fills them slab by slab; a distributed run
     (:mod:`tpem_seg.distributed`) has its workers fill level 0 chunk by chunk.
@@ -533,6 +543,8 @@ def create_zarr_image(folder: Path, final: Path, shape: tuple[int, ...], dtype: 
                                          compressors=compressors, fill_value=0, dimension_names=names))
     group.attrs.update(ome_attributes(final.name.split(".")[0], axes, shape, dtype, spacing, channel_names,
                                       label_names, levels))
+    if properties:
+        group.attrs[PROPERTIES_KEY] = dict(properties)
     return arrays
 
 
@@ -628,7 +640,7 @@ def _checked_args(shape: Sequence[int], dtype: Any, axes: str, spacing: Sequence
 def open_writer(path: str | os.PathLike, shape: Sequence[int], dtype: Any, axes: str,
                 spacing: Sequence[float] | None = None, channel_names: Sequence[str] | None = None,
                 compression: str | None = None, label_names: Sequence[str] | None = None,
-                levels: int = 1) -> VolumeWriter:
+                levels: int = 1, properties: Mapping[str, str] | None = None) -> VolumeWriter:
     """Open a streaming writer for ``path`` (``.tif/.tiff``, ``.npy`` or ``.zarr``).
 
     Args:
@@ -643,6 +655,8 @@ def open_writer(path: str | os.PathLike, shape: Sequence[int], dtype: Any, axes:
         label_names: marks a ``ZYX`` integer output as a label image and names the class
             of each value 0..K-1 (OME-Zarr image-label; ``.npy`` sidecar).
         levels: OME-Zarr pyramid levels (level n halves y and x n times); other formats: 1.
+        properties: text key-value metadata stored with the data: ImageJ image properties (TIFF),
+            the ``.npy`` sidecar's and the zarr group's ``properties``.
 
     Returns:
         A :class:`VolumeWriter`; feed it z-slabs in order with ``write`` and ``commit``
@@ -669,7 +683,8 @@ def open_writer(path: str | os.PathLike, shape: Sequence[int], dtype: Any, axes:
     if cls is NpyVolumeWriter or (cls is TiffVolumeWriter and compression in (None, "none")):
         # Uncompressed: the size is known, so a disk too small is refused before the run.
         check_free_space(path, int(np.prod(checked[0], dtype=np.int64)) * checked[1].itemsize)
-    return cls(path, *checked, compression=compression, label_names=names, levels=levels)
+    props = {str(k): str(v) for k, v in (properties or {}).items()}
+    return cls(path, *checked, compression=compression, label_names=names, levels=levels, properties=props)
 
 
 def _checked_label_names(label_names: Sequence[str] | None, dtype: np.dtype, axes: str) -> list[str]:

@@ -73,6 +73,9 @@ class Manifest:
     onnx_file: str = "model.onnx"
     onnx_opset: int = 17
     weights_file: str | None = None
+    #: The network with its dropout active (Monte-Carlo dropout passes for uncertainty maps), for
+    #: packages trained with dropout; absent in older packages and in those trained without it.
+    mc_dropout_file: str | None = None
     files: dict[str, str] = field(default_factory=dict)
     #: Bytes of each listed file, checked before its sha256 (absent in packages older than it).
     file_sizes: dict[str, int] = field(default_factory=dict)
@@ -85,6 +88,8 @@ class Manifest:
         texts = {"name": self.name, "onnx file": self.onnx_file, "activation": self.activation}
         if self.weights_file is not None:
             texts["weights file"] = self.weights_file
+        if self.mc_dropout_file is not None:
+            texts["dropout graph file"] = self.mc_dropout_file
         for what, value in texts.items():
             if not isinstance(value, str):
                 raise PackageError(f"manifest {what} {value!r} must be a string; re-export the package")
@@ -129,6 +134,8 @@ class Manifest:
             "onnx": {"file": self.onnx_file, "opset": self.onnx_opset, "input_name": "input",
                      "output_name": "logits"},
             "weights": self.weights_file,
+            # Only when present, so older manifests read and write back unchanged.
+            **({"mc_dropout": {"file": self.mc_dropout_file}} if self.mc_dropout_file else {}),
             "files": dict(self.files),
             # Only when recorded, so older manifests read and write back unchanged.
             **({"file_sizes": dict(self.file_sizes)} if self.file_sizes else {}),
@@ -161,6 +168,7 @@ class Manifest:
                 onnx_file=onnx.get("file", "model.onnx"),
                 onnx_opset=int(onnx.get("opset", 17)),
                 weights_file=d.get("weights"),
+                mc_dropout_file=d["mc_dropout"]["file"] if d.get("mc_dropout") else None,
                 files=dict(d.get("files", {})),
                 file_sizes=dict(d.get("file_sizes", {})),
                 provenance=d.get("provenance", {}),

@@ -59,6 +59,11 @@ class ModelPackage:
         return self.path / self.manifest.weights_file if self.manifest.weights_file else None
 
     @property
+    def mc_dropout_path(self) -> Path | None:
+        """The dropout-active ONNX graph (Monte-Carlo dropout), or None when the package has none."""
+        return self.path / self.manifest.mc_dropout_file if self.manifest.mc_dropout_file else None
+
+    @property
     def engines_dir(self) -> Path:
         return self.path / "engines"
 
@@ -177,8 +182,9 @@ def verify_files(package_dir: Path, manifest: Manifest) -> None:
     """
     if manifest.onnx_file not in manifest.files:
         raise PackageError(f"{package_dir}: manifest lists no checksum for {manifest.onnx_file}; re-export it")
-    if manifest.weights_file and manifest.weights_file not in manifest.files:
-        raise PackageError(f"{package_dir}: manifest lists no checksum for {manifest.weights_file}; re-export it")
+    for listed in (manifest.weights_file, manifest.mc_dropout_file):
+        if listed and listed not in manifest.files:
+            raise PackageError(f"{package_dir}: manifest lists no checksum for {listed}; re-export it")
     check_no_symlinks(package_dir)
     for rel, expected in manifest.files.items():
         path = package_file(package_dir, rel)

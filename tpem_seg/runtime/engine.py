@@ -21,6 +21,7 @@ from tpem_seg.runtime.pipeline import iter_tiles, prefetch
 from tpem_seg.runtime.settings import TileOptions
 from tpem_seg.runtime.stitch import Stitcher
 from tpem_seg.runtime.tiling import gaussian_weights
+from tpem_seg.runtime.uncertainty import UncertaintyPlan, background_probabilities, pass_predictor
 
 
 @dataclass
@@ -44,10 +45,17 @@ class TileEngine:
         backend: a backend that computes on torch tensors (``supports_device_tensors``): the run
             then takes the GPU path (:mod:`~tpem_seg.runtime.gpu`), which picks its own batch size
             unless ``options.batch_size`` is set.
+        uncertainty: measure uncertainty as planned (:mod:`~tpem_seg.runtime.uncertainty`): every
+            emitted block is then ``(output, uncertainty map (dz, Y, X) float32)``, on the host path;
+            ``infer_mc`` runs one Monte-Carlo dropout pass (for the ``mc-dropout`` method).
     """
 
     def __init__(self, infer: Callable[[np.ndarray], np.ndarray], tile: Sequence[int], n_classes: int,
-                 activation: str, options: TileOptions, batch_size: int, backend=None):
+                 activation: str, options: TileOptions, batch_size: int, backend=None,
+                 uncertainty: UncertaintyPlan | None = None,
+                 infer_mc: Callable[[np.ndarray], np.ndarray] | None = None):
+        if uncertainty is not None and uncertainty.method == "mc-dropout" and infer_mc is None:
+            raise ValueError("Monte-Carlo dropout passes need infer_mc")
         self.infer = infer
         self.tile = tuple(int(t) for t in tile)
         self.n_classes = n_classes
@@ -55,6 +63,8 @@ class TileEngine:
         self.options = options
         self.batch_size = batch_size
         self.backend = backend
+        self.uncertainty = uncertainty
+        self.infer_mc = infer_mc
         self.weights = gaussian_weights(self.tile, options.sigma_scale)
         self.background = background_logits(n_classes, activation)
 
@@ -66,9 +76,9 @@ class TileEngine:
         labels ``(dz, Y, X)`` uint8, probabilities ``(K, dz, Y, X)`` float16 or logits
         ``(K, dz, Y, X)`` float32, as numpy arrays, in z order.
         """
-        head = OutputHead(self.activation, output)
+        head = OutputHead(self.activation, output, uncertainty=self.uncertainty is not None)
         with tqdm(total=plan.n_tiles, unit="tile", desc="segment", disable=not progress, leave=False) as bar:
-            if self.backend is not None:
+            if self.backend is not None and self.uncertainty is None:
                 from tpem_seg.runtime import gpu  # imports torch: only for backends that already run on it
 
                 run = gpu.GpuStitchRun(self.backend, plan, self.weights, self.n_classes, head, self.options,
@@ -76,12 +86,20 @@ class TileEngine:
                 counters = run.run(volume, normalizer, channels, emit, bar.update)
                 state.batch_size = run.backoff.batch_size
             else:
-                predict = with_flips(self.infer) if self.options.tta else self.infer
-                stitcher = Stitcher(self.n_classes, plan.padded, plan.tile, self.weights)
+                predict, channels_out, background = self._host_predictor()
+                stitcher = Stitcher(channels_out, plan.padded, plan.tile, self.weights)
                 items = prefetch(iter_tiles(volume, plan, normalizer, channels, self.batch_size,
                                             self.options.screen_threshold))
-                counters = stitch_loop(items, plan, stitcher, host_predictor(predict), head, self.background,
+                counters = stitch_loop(items, plan, stitcher, host_predictor(predict), head, background,
                                        emit, bar.update)
                 state.batch_size = self.batch_size
         state.tiles += counters.tiles
         state.skipped += counters.skipped
+
+    def _host_predictor(self) -> tuple[Callable[[np.ndarray], np.ndarray], int, list[float]]:
+        """The host path's predictor, the channels it returns per voxel, and their constant for skipped tiles."""
+        if self.uncertainty is None:
+            return (with_flips(self.infer) if self.options.tta else self.infer), self.n_classes, self.background
+        predict = pass_predictor(self.uncertainty, self.infer, self.infer_mc, self.activation, self.options.tta)
+        return predict, 2 * self.n_classes, self.background + background_probabilities(self.background,
+                                                                                        self.activation)

@@ -13,7 +13,7 @@ the predictor), blocks and training evaluation all run this loop; only the array
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -38,17 +38,30 @@ def background_logits(n_classes: int, activation: str) -> list[float]:
     return [EMPTY_LOGIT] + [0.0] * (n_classes - 1)
 
 
-def with_flips(infer: Callable, ops=NUMPY) -> Callable:
-    """``infer`` averaged over the 8 flips of :data:`TTA_FLIPS` (each output flipped back).
+def flip_passes(infer: Callable, ops=NUMPY) -> Callable[..., Iterator]:
+    """``passes(tiles)`` yields ``infer``'s logits for each flip of :data:`TTA_FLIPS` in turn (the
+    identity first), each flipped back onto the tiles' grid.
 
     ``infer`` maps tiles ``(N, C, D, H, W)`` to logits ``(N, K, D, H, W)`` (numpy, or tensors for
-    torch ops); the wrapper has the same contract at 8x the compute.
+    torch ops). Test-time augmentation averages the passes (:func:`with_flips`); an uncertainty run
+    without dropout measures their spread (:mod:`~tpem_seg.runtime.uncertainty`).
     """
-    def flipped(tiles):
-        total = None
+    def passes(tiles):
         for axes in TTA_FLIPS:
             logits = infer(ops.flip(tiles, axes) if axes else tiles)
-            logits = ops.flip(logits, axes) if axes else logits
+            yield ops.flip(logits, axes) if axes else logits
+
+    return passes
+
+
+def with_flips(infer: Callable, ops=NUMPY) -> Callable:
+    """``infer`` averaged over the 8 flips of :data:`TTA_FLIPS` (each output flipped back): the same
+    contract as ``infer`` at 8x the compute."""
+    passes = flip_passes(infer, ops)
+
+    def flipped(tiles):
+        total = None
+        for logits in passes(tiles):
             total = logits if total is None else total + logits
         return total / len(TTA_FLIPS)
 

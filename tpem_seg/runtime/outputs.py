@@ -22,10 +22,17 @@ ACTIVATIONS = ("softmax", "sigmoid")
 
 @dataclass(frozen=True)
 class OutputHead:
-    """What a run hands out (``output``, one of :data:`OUTPUTS`) under the network's ``activation``."""
+    """What a run hands out (``output``, one of :data:`OUTPUTS`) under the network's ``activation``.
+
+    With ``uncertainty`` the stitched channels are ``2K``: the network's K logits, then K class
+    probabilities averaged over the uncertainty passes (:mod:`~tpem_seg.runtime.uncertainty`); each
+    block is then the pair ``(output, uncertainty map)`` (numpy only: uncertainty runs take the host
+    path).
+    """
 
     activation: str
     output: str = "labels"
+    uncertainty: bool = False
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
@@ -40,7 +47,16 @@ class OutputHead:
         class order (softmax) nor the sign of a logit (sigmoid, on where the logit > 0, i.e. the
         probability > 0.5), so neither the division nor the activation is computed. Otherwise
         ``sums`` is consumed (divided in place on numpy).
+
+        With ``uncertainty``, ``sums`` is ``(2K, dz, Y, X)`` and the result ``(output, uncertainty)``:
+        the pass-mean probabilities are blended like the logits (a weighted mean over the tiles
+        covering a voxel), and the entropy is taken of that blended mean, not blended itself, so
+        that disagreement between overlapping tiles counts as uncertainty too.
         """
+        if self.uncertainty:
+            k = sums.shape[0] // 2
+            mean_probabilities = sums[k:] / norm
+            return self.plain().from_sums(sums[:k], norm, ops), uncertainty_map(mean_probabilities, self.activation)
         if self.output == "labels":
             return self.labels(sums, threshold=0.0, ops=ops)
         return self.from_logits(ops.divide_(sums, norm), ops)
@@ -54,6 +70,10 @@ class OutputHead:
         if self.output == "probabilities":
             return ops.to_float16(probabilities)
         return self.labels(probabilities, threshold=0.5, ops=ops)
+
+    def plain(self) -> "OutputHead":
+        """This head without the uncertainty channels."""
+        return OutputHead(self.activation, self.output)
 
     def probabilities(self, logits, ops=NUMPY):
         """Class probabilities ``(K, ...)`` float32 from logits ``(K, ...)``."""
@@ -77,3 +97,18 @@ def to_probabilities(logits: np.ndarray, activation: str) -> np.ndarray:
 def to_labels(probabilities: np.ndarray, activation: str) -> np.ndarray:
     """``uint8`` class indices ``(...)`` from numpy probabilities ``(K, ...)``."""
     return OutputHead(activation).labels(probabilities, threshold=0.5)
+
+
+def uncertainty_map(probabilities: np.ndarray, activation: str) -> np.ndarray:
+    """Normalised predictive entropy ``(...)`` float32 in [0, 1] of class probabilities ``(K, ...)``.
+
+    softmax: ``-sum_k p_k log p_k / log K`` (1: all classes equally likely); sigmoid: the mean over
+    the K independent channels of their binary entropy over ``log 2``.
+    """
+    p = np.clip(probabilities.astype(np.float32, copy=False), 1e-7, 1.0)
+    if activation == "sigmoid":
+        q = np.clip(1.0 - probabilities.astype(np.float32, copy=False), 1e-7, 1.0)
+        bits = -(p * np.log(p) + q * np.log(q)) / np.log(2.0)
+        return bits.mean(axis=0).astype(np.float32)
+    k = probabilities.shape[0]
+    return (-(p * np.log(p)).sum(axis=0) / np.float32(np.log(k))).astype(np.float32)

@@ -7,6 +7,7 @@ resampled. The CLI calls exactly these.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -26,6 +27,7 @@ from tpem_seg.runtime.normalize import Normalizer, fit_normalizer
 from tpem_seg.runtime.pipeline import BackgroundWriter, Box, TilePlan, make_plan
 from tpem_seg.runtime.resample import ResampledVolume, needs_resampling
 from tpem_seg.runtime.settings import RunSettings, TileOptions
+from tpem_seg.runtime.uncertainty import UncertaintyPlan, plan_uncertainty
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +81,10 @@ class RunSummary:
         skipped = f" ({self.extra['skipped_tiles']} empty, skipped)" if "skipped_tiles" in self.extra else ""
         if "blocks" in self.extra:
             skipped += f" in {self.extra['blocks']} blocks (x{self.extra['redundancy']:.2f} tiles)"
+        spread = self.extra.get("uncertainty")
+        spread = f", uncertainty by {spread['method']} ({spread['passes']} passes)" if spread else ""
         return (f"{shape} voxels in {self.seconds:.2f} s ({self.voxels_per_second / 1e6:.2f} Mvox/s), "
-                f"{self.tiles} tiles{skipped}, {self.backend}{', resampled' if self.resampled else ''}")
+                f"{self.tiles} tiles{skipped}, {self.backend}{', resampled' if self.resampled else ''}{spread}")
 
 
 class Segmenter:
@@ -101,6 +105,8 @@ class Segmenter:
         block: ``"auto"``, ``"off"`` or a block core ``(z, y, x)`` in output voxels: run block by
             block, memory set by the block, output bit-identical (see
             :class:`~tpem_seg.runtime.settings.RunSettings`).
+        mc_passes: Monte-Carlo dropout passes per tile when a run also makes an uncertainty map
+            (``uncertainty=`` of :meth:`segment` / :meth:`segment_file`).
         backend_options: backend-specific options, passed on to
             :func:`~tpem_seg.runtime.backends.create_backend` (e.g. the torch backend's compile,
             cuda_graphs, channels_last, cast_weights).
@@ -122,9 +128,9 @@ class Segmenter:
     def __init__(self, model: str | os.PathLike | ModelPackage, backend: str | Backend = "auto", device: str = "auto",
                  precision: str = "fp32", *, output: str = "labels", channels: Sequence[int] | None = None,
                  resample: bool = True, progress: bool = False, backend_options: dict | None = None,
-                 block: Sequence[int] | str = "auto", **tile_options):
+                 block: Sequence[int] | str = "auto", mc_passes: int = 20, **tile_options):
         self.settings = RunSettings(output=output, channels=channels, resample=resample,
-                                    tiles=TileOptions(**tile_options), block=block)
+                                    tiles=TileOptions(**tile_options), block=block, mc_passes=mc_passes)
         self.package = model if isinstance(model, ModelPackage) else open_package(model)
         if isinstance(backend, Backend):
             if backend.input_spec.tile != self.package.manifest.tile or \
@@ -146,17 +152,20 @@ class Segmenter:
 
     # -- public API ---------------------------------------------------------------------------------
 
-    def segment(self, data: np.ndarray | Volume, axes: str | None = None,
-                spacing: Sequence[float] | None = None) -> np.ndarray:
+    def segment(self, data: np.ndarray | Volume, axes: str | None = None, spacing: Sequence[float] | None = None,
+                uncertainty: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Labels ``(Z, Y, X)`` uint8, probabilities ``(K, Z, Y, X)`` float16 or logits (float32), for an array.
 
-        A numpy array needs ``axes`` unless it is 3D (ZYX).
+        A numpy array needs ``axes`` unless it is 3D (ZYX). With ``uncertainty``, the pair (that
+        output, an uncertainty map ``(Z, Y, X)`` float32 in [0, 1]); the output is the same as without
+        (:mod:`~tpem_seg.runtime.uncertainty`; ``last_summary.extra["uncertainty"]`` says how it was
+        measured).
         """
         with self._lock:
-            return self._segment_array(data, axes, spacing)
+            return self._segment_array(data, axes, spacing, uncertainty)
 
-    def _segment_array(self, data: np.ndarray | Volume, axes: str | None,
-                       spacing: Sequence[float] | None) -> np.ndarray:
+    def _segment_array(self, data: np.ndarray | Volume, axes: str | None, spacing: Sequence[float] | None,
+                       uncertainty: bool) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         volume = data if isinstance(data, Volume) else Volume(
             np.asarray(data), axes or _default_axes(np.ndim(data)), spacing)
         if spacing is not None and isinstance(data, Volume):
@@ -166,41 +175,62 @@ class Segmenter:
         k = self.package.manifest.config.out_channels
         dtype = {"labels": np.uint8, "probabilities": np.float16, "logits": np.float32}[output]
         out = np.zeros(shape if output == "labels" else (k, *shape), dtype=dtype)
+        plan = self._uncertainty_plan() if uncertainty else None
+        spread = np.zeros(shape, dtype=np.float32) if plan else None
 
-        def store(first: int, block: np.ndarray) -> None:
+        def store(first: int, block) -> None:
+            if plan is not None:
+                block, part = block
+                spread[first:first + part.shape[0]] = part
             out[..., first:first + block.shape[-3], :, :] = block
 
-        self.last_summary = self._segment_volume(volume, store)
-        return out
+        self.last_summary = self._segment_volume(volume, store, plan)
+        return (out, spread) if plan is not None else out
 
     def segment_file(self, src: str | os.PathLike, dst: str | os.PathLike, axes: str | None = None,
-                     spacing: Sequence[float] | None = None) -> RunSummary:
+                     spacing: Sequence[float] | None = None,
+                     uncertainty: str | os.PathLike | None = None) -> RunSummary:
         """Segment the volume at ``src`` into ``dst`` (.tif/.tiff, .npy or .zarr), streaming.
 
         The output carries the input's voxel size; it appears under ``dst`` only
-        once complete.
+        once complete. ``uncertainty``: also write an uncertainty map there (``(Z, Y, X)`` float32,
+        the input's voxel size; its metadata say how it was measured, see :meth:`segment`).
         """
         with self._lock:
-            return self._segment_file(src, dst, axes, spacing)
+            return self._segment_file(src, dst, axes, spacing, uncertainty)
 
     def _segment_file(self, src: str | os.PathLike, dst: str | os.PathLike, axes: str | None,
-                      spacing: Sequence[float] | None) -> RunSummary:
+                      spacing: Sequence[float] | None, uncertainty: str | os.PathLike | None) -> RunSummary:
         if self.settings.output == "logits":
             raise InputError("logits output is for arrays (Segmenter.segment); write labels or probabilities")
+        if uncertainty is not None and os.path.abspath(uncertainty) == os.path.abspath(dst):
+            raise InputError(f"--uncertainty {uncertainty} is the output path too; give it a name of its own")
         volume = read_volume(src, axes=axes, spacing=spacing)
         shape = volume.shape_zyx
         k = self.package.manifest.config.out_channels
         probabilities = self.settings.output == "probabilities"
-        with open_writer(dst, shape=(k, *shape) if probabilities else shape,
-                         dtype=np.float16 if probabilities else np.uint8,
-                         axes="CZYX" if probabilities else "ZYX", spacing=volume.spacing,
-                         channel_names=self.package.manifest.classes if probabilities else None,
-                         label_names=None if probabilities else self.package.manifest.classes) as writer:
-            background = BackgroundWriter(writer.write)
+        plan = self._uncertainty_plan() if uncertainty is not None else None
+        with contextlib.ExitStack() as stack:
+            writer = stack.enter_context(open_writer(
+                dst, shape=(k, *shape) if probabilities else shape, dtype=np.float16 if probabilities else np.uint8,
+                axes="CZYX" if probabilities else "ZYX", spacing=volume.spacing,
+                channel_names=self.package.manifest.classes if probabilities else None,
+                label_names=None if probabilities else self.package.manifest.classes))
+            spread = None if plan is None else stack.enter_context(open_writer(
+                uncertainty, shape=shape, dtype=np.float32, axes="ZYX", spacing=volume.spacing,
+                properties=plan.metadata()))
+
+            def write(block) -> None:
+                if spread is None:
+                    writer.write(block)
+                else:
+                    writer.write(block[0])
+                    spread.write(block[1])
+            background = BackgroundWriter(write)
             try:
-                summary = self._segment_volume(volume, lambda first, block: background.submit(block))
+                summary = self._segment_volume(volume, lambda first, block: background.submit(block), plan)
             except BaseException:
-                background.cancel()  # the writer then removes its partial file
+                background.cancel()  # the writers then remove their partial files
                 raise
             background.close()
         self.last_summary = summary
@@ -218,13 +248,22 @@ class Segmenter:
 
     # -- the run ------------------------------------------------------------------------------------
 
-    def _engine(self) -> TileEngine:
+    def _engine(self, uncertainty: UncertaintyPlan | None = None) -> TileEngine:
         manifest = self.package.manifest
         options = self.settings.tiles
         device_tensors = self.backend.supports_device_tensors
+        mc = uncertainty is not None and uncertainty.method == "mc-dropout"
+        if mc:
+            self.backend.start_mc()  # every run draws the same dropout masks
         return TileEngine(self.backend.infer, manifest.tile, manifest.config.out_channels, manifest.activation,
                           options, options.batch_size or self.backend.default_batch_size(),
-                          backend=self.backend if device_tensors else None)
+                          backend=self.backend if device_tensors else None, uncertainty=uncertainty,
+                          infer_mc=self.backend.infer_mc if mc else None)
+
+    def _uncertainty_plan(self) -> UncertaintyPlan:
+        plan = plan_uncertainty(self.backend, self.settings.mc_passes)
+        log.info("uncertainty: %s, %d passes per tile (%s)", plan.method, plan.passes, plan.reason)
+        return plan
 
     def prepare(self, volume: Volume, normalizer: Normalizer | None = None) -> RunInputs:
         """Check ``volume`` against the model, resample it where its voxel size differs, fit the
@@ -258,16 +297,18 @@ class Segmenter:
                       self.settings.output, core, target, state, inputs.out_shape)
             return target, state
 
-    def _segment_volume(self, volume: Volume, sink: Callable[[int, np.ndarray], None]) -> RunSummary:
-        """Run ``volume`` through the network; ``sink(first_plane, slab)`` gets the output in z order."""
+    def _segment_volume(self, volume: Volume, sink: Callable[[int, np.ndarray], None],
+                        uncertainty: UncertaintyPlan | None = None) -> RunSummary:
+        """Run ``volume`` through the network; ``sink(first_plane, slab)`` gets the output in z order
+        (with ``uncertainty``: ``(slab, uncertainty map)``)."""
         started = time.perf_counter()
         inputs = self.prepare(volume)
         self.backend.load()
         state = RunState()
         output = self.settings.output
         source, source_channels, grid, resampled = inputs.source, inputs.channels, inputs.grid, inputs.resampled
-        engine = self._engine()
-        block = self._block(volume.shape_zyx, resampled)
+        engine = self._engine(uncertainty)
+        block = self._block(volume.shape_zyx, resampled, uncertainty is not None)
         extra: dict = {}
         if block is None:
             engine.run(source, grid, inputs.normalizer, source_channels, output, sink, state, self.progress)
@@ -280,13 +321,28 @@ class Segmenter:
         summary.extra.update(extra, batch_size=state.batch_size)
         if self.settings.tiles.skip_empty:
             summary.extra["skipped_tiles"] = state.skipped
+        if uncertainty is not None:
+            summary.extra["uncertainty"] = {"method": uncertainty.method, "passes": uncertainty.passes,
+                                            "reason": uncertainty.reason}
         summary.seconds = time.perf_counter() - started
         log.info("%s", summary.line())
         return summary
 
-    def _block(self, shape: tuple[int, int, int], resampled: bool) -> tuple[int, int, int] | None:
-        """The block core for a run over an output of ``shape`` (None: one pass in z-slabs)."""
+    def _block(self, shape: tuple[int, int, int], resampled: bool,
+               uncertainty: bool = False) -> tuple[int, int, int] | None:
+        """The block core for a run over an output of ``shape`` (None: one pass in z-slabs).
+
+        An uncertainty run goes in z-slabs: blocks (and the resampling that runs through them) do
+        not carry the uncertainty channels.
+        """
         block = self.settings.block
+        if uncertainty:
+            if resampled:
+                raise InputError(f"--uncertainty needs the volume at the model's voxel size "
+                                 f"{self.package.manifest.spacing} µm; resample it first, or pass --no-resample")
+            if isinstance(block, tuple):
+                raise InputError("--uncertainty runs in z-slabs; drop --block (or use --block off)")
+            return None
         wide = max(shape[1:]) > BLOCK_YX
         if not isinstance(block, tuple) and not resampled and (block == "off" or not wide):
             return None

@@ -61,6 +61,8 @@ class RunSettings:
         :func:`~tpem_seg.runtime.blocks.default_block` when the plane is wider than one, or the
         volume is resampled, else one pass in z-slabs; ``"off"``: z-slabs (a resampled volume still
         goes by the default block).
+    mc_passes: Monte-Carlo dropout passes per tile of a run that also makes an uncertainty map
+        (:mod:`~tpem_seg.runtime.uncertainty`; a package without dropout uses the 8 flips instead).
     """
 
     output: str = "labels"
@@ -68,10 +70,14 @@ class RunSettings:
     resample: bool = True
     tiles: TileOptions = field(default_factory=TileOptions)
     block: tuple[int, int, int] | str = "auto"
+    mc_passes: int = 20
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
             raise InputError(f"output {self.output!r} must be one of {OUTPUTS}")
+        if isinstance(self.mc_passes, bool) or not isinstance(self.mc_passes, int) or self.mc_passes < 1:
+            raise InputError(f"--mc-passes {self.mc_passes} must be a whole number of at least 1, "
+                             f"e.g. --mc-passes 20")
         if self.channels is not None:
             channels = tuple(int(c) for c in self.channels)
             if len(set(channels)) != len(channels) or min(channels, default=0) < 0:

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
 from tpem_seg.errors import TpemSegError
+from tpem_seg.models.config import UNETRConfig
 from tpem_seg.models.manifest import NormalizationSpec
+from tpem_seg.models.registry import get_config
 
 T = TypeVar("T")
 
@@ -77,9 +79,15 @@ class AugmentConfig:
 
 @dataclass
 class CommonConfig:
-    """Fields shared by pretraining and fine-tuning."""
+    """Fields shared by pretraining and fine-tuning.
+
+    dropout_rate: the ViT's dropout (MONAI UNETR ``dropout_rate``: token, attention and MLP
+        dropout), replacing the named config's; a package trained with it can run Monte-Carlo
+        dropout passes for an uncertainty map (``tpem-seg run --uncertainty``).
+    """
 
     model: str = "unetr-t16"
+    dropout_rate: float | None = None
     in_channels: int = 1
     train: list[VolumeSpec] = field(default_factory=list)
     simulated: SimulatedSpec = field(default_factory=SimulatedSpec)
@@ -110,9 +118,18 @@ class CommonConfig:
                 raise TpemSegError(f"{name} must be at least 1 (got {getattr(self, name)})")
         if self.lr <= 0:
             raise TpemSegError(f"lr must be positive (got {self.lr})")
+        if self.dropout_rate is not None and not 0.0 <= self.dropout_rate < 1.0:
+            raise TpemSegError(f"dropout_rate {self.dropout_rate} must be in [0, 1), e.g. --set dropout_rate=0.1")
         if not self.train and self.simulated.count == 0 and not in_memory_volumes:
             raise TpemSegError("no training data: list volumes under [[train]] in the config, or set "
                                "simulated.count")
+
+    def model_config(self, **overrides: Any) -> UNETRConfig:
+        """The network's config: the named ``model`` with ``in_channels``, ``dropout_rate`` (when set)
+        and ``overrides`` replaced."""
+        if self.dropout_rate is not None:
+            overrides.setdefault("dropout_rate", self.dropout_rate)
+        return get_config(self.model, in_channels=self.in_channels, **overrides)
 
 
 @dataclass

@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 from tpem_seg.errors import TpemSegError
 from tpem_seg.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from tpem_seg.models.config import UNETRConfig
-from tpem_seg.models.registry import get_config
 from tpem_seg.models.unetr import build_unetr
 from tpem_seg.train import engine
 from tpem_seg.train.config import FinetuneConfig, to_dict
@@ -56,7 +55,7 @@ def _finetune(config: FinetuneConfig, dist: engine.DistInfo, in_memory: Sequence
               in_memory_val: Sequence[TrainVolume]) -> Path:
     out = Path(config.out)
     classes = list(config.classes)
-    model_config = get_config(config.model, in_channels=config.in_channels, out_channels=len(classes))
+    model_config = config.model_config(out_channels=len(classes))
     tile = model_config.tile
 
     # data: the label subset depends on the seed only, so every rank trains on the same annotation
@@ -217,5 +216,5 @@ def save(path: Path, model: torch.nn.Module, config: FinetuneConfig, volumes: Se
         extra["optimizer"] = optimizer.state_dict()
     if precision is not None:
         extra["scaler"] = precision.scaler.state_dict()
-    model_config = get_config(config.model, in_channels=config.in_channels, out_channels=len(config.classes))
+    model_config = config.model_config(out_channels=len(config.classes))
     save_checkpoint(path, Checkpoint("finetune", model_config, engine.unwrap(model).state_dict(), meta, extra))

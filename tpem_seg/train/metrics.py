@@ -58,3 +58,46 @@ def otsu_labels(image: np.ndarray) -> np.ndarray:
     from skimage.filters import threshold_otsu
 
     return (image > threshold_otsu(np.asarray(image))).astype(np.uint8)
+
+
+def best_threshold_dice(image: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+    """The best Dice any global threshold of ``image`` reaches against the binary ``target`` (same
+    shape), and that threshold: ``image > t`` for every distinct intensity ``t``.
+
+    Chosen on the volume's own labels, so an upper bound for thresholding (Otsu included), not a
+    method: a learned model should beat it. Exact, from a histogram of the intensities (integer
+    images) or their sorted distinct values: foreground counts above each candidate in one pass.
+    """
+    values = np.asarray(image).ravel()
+    truth = np.asarray(target).ravel() > 0
+    levels, index = np.unique(values, return_inverse=True)
+    total = np.bincount(index, minlength=len(levels))
+    positive = np.bincount(index, weights=truth, minlength=len(levels))
+    # voxels above levels[i] (predicted foreground for t = levels[i]) and the true ones among them
+    above = total[::-1].cumsum()[::-1] - total
+    hits = positive[::-1].cumsum()[::-1] - positive
+    n_true = truth.sum()
+    denominator = above + n_true
+    scores = np.where(denominator > 0, 2.0 * hits / np.maximum(denominator, 1), 1.0)
+    best = int(np.argmax(scores))
+    return float(scores[best]), float(levels[best])
+
+
+def error_auroc(uncertainty: np.ndarray, wrong: np.ndarray) -> float:
+    """Area under the ROC curve of ``uncertainty`` as a score for the ``wrong`` voxels (bool, same
+    shape): the probability that a random wrong voxel is more uncertain than a random right one
+    (ties count half); 0.5 is chance. NaN when every voxel is right or every one wrong.
+
+    The Mann-Whitney U statistic over the voxels' ranks (average ranks for ties).
+    """
+    from scipy.stats import rankdata
+
+    scores = np.asarray(uncertainty, dtype=np.float64).ravel()
+    positive = np.asarray(wrong, dtype=bool).ravel()
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))

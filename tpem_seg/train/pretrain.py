@@ -20,7 +20,6 @@ import torch
 from tqdm.auto import tqdm
 
 from tpem_seg.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from tpem_seg.models.registry import get_config
 from tpem_seg.train import engine
 from tpem_seg.train.config import PretrainConfig, to_dict
 from tpem_seg.train.data import PatchSampler, TrainVolume, load_volumes, simulated_volumes
@@ -47,7 +46,7 @@ def pretrain(config: PretrainConfig, volumes: Sequence[TrainVolume] = ()) -> Pat
 
 def _pretrain(config: PretrainConfig, dist: engine.DistInfo, in_memory: Sequence[TrainVolume]) -> Path:
     out = Path(config.out)
-    model_config = get_config(config.model, in_channels=config.in_channels)
+    model_config = config.model_config()
     tile = model_config.tile
     mask_space = choose_mask_space(config.mask_space, config.masking, config.mask_patch)
 

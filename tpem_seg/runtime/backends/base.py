@@ -168,14 +168,38 @@ class Backend(ABC):
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Logits ``(N, K, D, H, W)`` float32 for normalised tiles ``(N, C, D, H, W)`` float32."""
+        return self._checked(self._infer, batch)
+
+    @property
+    def supports_mc_dropout(self) -> bool:
+        """Whether :meth:`infer_mc` can run Monte-Carlo dropout passes of this package here."""
+        return False
+
+    def start_mc(self, seed: int = 0) -> None:
+        """Restart the dropout draws of :meth:`infer_mc` from ``seed``, so a run's passes are reproducible."""
+        raise NotImplementedError(f"the {self.name} backend cannot run Monte-Carlo dropout passes")
+
+    def infer_mc(self, batch: np.ndarray) -> np.ndarray:
+        """Logits of one Monte-Carlo dropout pass (dropout active, new masks at every call), as :meth:`infer`;
+        only where :attr:`supports_mc_dropout`, after :meth:`start_mc`."""
+        if not self.supports_mc_dropout:
+            raise NotImplementedError(f"the {self.name} backend cannot run Monte-Carlo dropout passes of "
+                                      f"{self.package.name}")
+        return self._checked(self._infer_mc, batch)
+
+    def _checked(self, run, batch: np.ndarray) -> np.ndarray:
+        """``run(batch)`` after the lifecycle and input checks, its logits' shape checked, as float32."""
         if not self._loaded:
             raise RuntimeError(f"{self.name} backend used before load()")
         self.input_spec.check(batch)
-        logits = self._infer(batch)
+        logits = run(batch)
         expected = (batch.shape[0], self.input_spec.classes, *self.input_spec.tile)
         if logits.shape != expected:
             raise RuntimeError(f"{self.name} returned logits of shape {logits.shape}, expected {expected}")
         return logits.astype(np.float32, copy=False)
+
+    def _infer_mc(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
     def infer_tensor(self, x):
         """Logits for a batch already on this backend's device; only where :attr:`supports_device_tensors`."""

@@ -139,5 +139,35 @@ class OnnxRuntimeBackend(Backend):
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run([self._output_name], {self._input_name: batch})[0]
 
+    @property
+    def supports_mc_dropout(self) -> bool:
+        """The package carries a dropout-active graph (``mc_dropout_file``) and this backend runs the
+        package's own network (not a ``model_path`` variant such as an int8 copy)."""
+        return self.package.manifest.mc_dropout_file is not None and self.model_path is None
+
+    def start_mc(self, seed: int = 0) -> None:
+        """A fresh session of the dropout-active graph: its Dropout nodes carry fixed seeds (set at
+        export), so each run draws the same masks in the same order. ``seed`` must be 0 (the graph's)."""
+        import onnxruntime as ort
+
+        if seed != 0:
+            raise ValueError("ONNX Runtime draws the seeds stored in the package's dropout graph; use seed 0")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads or cpu_count()
+        # TensorRT builds inference engines: the random Dropout stays with CUDA or the CPU.
+        providers = [p for p in providers_for(self.device, self.precision)
+                     if (p[0] if isinstance(p, tuple) else p) != "TensorrtExecutionProvider"]
+        # ONNX Runtime's EliminateDropout rewrite removes Dropout nodes even when training_mode is
+        # true (the graph would then be deterministic); keep them.
+        self._mc_session = ort.InferenceSession(str(self.package.mc_dropout_path),
+                                                sess_options=options, providers=providers,
+                                                disabled_optimizers=["EliminateDropout"])
+
+    def _infer_mc(self, batch: np.ndarray) -> np.ndarray:
+        if getattr(self, "_mc_session", None) is None:
+            raise RuntimeError("infer_mc before start_mc")
+        return self._mc_session.run([self._output_name], {self._input_name: batch})[0]
+
     def _close(self) -> None:
         self._session = None
+        self._mc_session = None

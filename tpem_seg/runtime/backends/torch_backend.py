@@ -170,7 +170,54 @@ class TorchBackend(Backend):
             logits = logits.clone()
         return logits.contiguous()
 
+    @property
+    def supports_mc_dropout(self) -> bool:
+        """The package's network has dropout (``config.dropout_rate > 0``)."""
+        return self.package.manifest.config.dropout_rate > 0
+
+    def start_mc(self, seed: int = 0) -> None:
+        """Seed the dropout draws of :meth:`infer_mc` (a generator state of its own: other torch code
+        in the process neither moves nor is moved by it)."""
+        torch = self._torch
+        with torch.random.fork_rng(devices=self._rng_devices()):
+            torch.manual_seed(seed)
+            self._mc_state = self._rng_state()
+
+    def _infer_mc(self, batch: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        if getattr(self, "_mc_state", None) is None:
+            raise RuntimeError("infer_mc before start_mc")
+        x = torch.from_numpy(batch).to(self._device).to(self._input_dtype)
+        dropouts = [m for m in self._eager.modules() if isinstance(m, torch.nn.Dropout)]
+        with torch.random.fork_rng(devices=self._rng_devices()):
+            self._set_rng_state(self._mc_state)
+            for m in dropouts:  # only dropout: normalisation layers stay in eval mode
+                m.train()
+            try:
+                with torch.inference_mode(), torch.autocast(self._device.type, dtype=self._autocast_dtype,
+                                                             enabled=self._autocast_dtype is not None):
+                    logits = self._eager(x)
+            finally:
+                for m in dropouts:
+                    m.eval()
+            self._mc_state = self._rng_state()
+        return logits.float().cpu().numpy()
+
+    def _rng_devices(self) -> list:
+        return [self._device] if self._device.type == "cuda" else []
+
+    def _rng_state(self):
+        torch = self._torch
+        return (torch.get_rng_state(), torch.cuda.get_rng_state(self._device) if self._device.type == "cuda" else None)
+
+    def _set_rng_state(self, state) -> None:
+        torch = self._torch
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], self._device)
+
     def _close(self) -> None:
+        self._mc_state = None
         self._model = None
         self._eager = None
         if self._device.type == "cuda":
