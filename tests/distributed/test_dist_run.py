@@ -105,6 +105,44 @@ def test_a_worker_killed_mid_run_loses_nothing(package_2ch, client, zarr_input, 
     assert set(client.run(os.getpid).values()) != set(before.values())  # the nanny restarted it
 
 
+def fail_first_block_once(flag: str) -> None:
+    """On a worker: the first block any worker segments raises once (``flag`` records it), the way a
+    transient fault (a storage hiccup, a lost GPU context) would; later calls run as usual."""
+    from tpem_seg.runtime.segmenter import Segmenter as Seg
+
+    original = Seg.segment_block
+
+    def flaky(self, inputs, core):
+        try:
+            with open(flag, "x") as marker:  # atomic: exactly one call across the workers fails
+                marker.write(repr(core))
+        except FileExistsError:
+            return original(self, inputs, core)
+        raise RuntimeError("transient fault injected by the test")
+
+    flaky.original = original
+    Seg.segment_block = flaky
+
+
+def restore_segment_block() -> None:
+    from tpem_seg.runtime.segmenter import Segmenter as Seg
+
+    Seg.segment_block = getattr(Seg.segment_block, "original", Seg.segment_block)
+
+
+def test_a_block_that_fails_once_is_retried(package_2ch, client, zarr_input, tmp_path):
+    expected, _ = reference(package_2ch, volume())
+    flag = tmp_path / "failed-once"
+    client.run(fail_first_block_once, str(flag))
+    try:
+        summary = run_distributed(zarr_input, tmp_path / "out.zarr", package_2ch, client=client, block=BLOCK, **ORT)
+    finally:
+        client.run(restore_segment_block)
+    assert flag.is_file()  # the fault did happen
+    np.testing.assert_array_equal(np.asarray(read_volume(tmp_path / "out.zarr").data), expected)
+    assert summary.extra["blocks"] == 12
+
+
 class Stop(Exception):
     pass
 
