@@ -118,7 +118,7 @@ def run(
 
         if len(jobs) != 1:
             raise InputError(f"--cluster runs one input at a time, not {len(jobs)}; give one volume")
-        (src, dst), = jobs
+        (src, dst, _), = jobs
         summary = run_distributed(src, dst, package, cluster=parse_cluster(cluster, cluster_config),
                                   backend=backend, device=device, precision=precision or "fp32",
                                   output="probabilities" if probabilities else "labels", channels=channel_list,
