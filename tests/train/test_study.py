@@ -35,7 +35,8 @@ def fake_results(path, rng, cfg, bases=None, noise=0.01, skip=()):
 
 
 def cpu_config(tmp_path, *sets):
-    return study_config("cpu", out=str(tmp_path), doc=str(tmp_path / "doc.md"), sets=["sim.enabled=false", *sets])
+    return study_config("cpu", out=str(tmp_path), doc=str(tmp_path / "doc.md"),
+                        sets=["sim.enabled=false", "diagnostics.enabled=false", *sets])
 
 
 def test_results_are_cached_and_reloaded(tmp_path, rng):
@@ -71,10 +72,10 @@ def test_report_has_the_design_equivalence_and_gap(tmp_path, rng):
 
 
 def test_report_lists_incomplete_cells(tmp_path, rng):
-    cfg = cpu_config(tmp_path)
+    cfg = cpu_config(tmp_path, "diagnostics.enabled=true")
     results = fake_results(tmp_path / "results.jsonl", rng, cfg, skip={("random", "10%")})
     text = write_report(cfg, results, OTSU, SPECS, 0.0).read_text()
-    assert "**Incomplete**" in text and "MIM random 10%: 0 of 6" in text
+    assert "**Incomplete**" in text and "MIM random 10%: 0 of 6" in text and "diagnostic probe: 0 of 2 runs" in text
 
 
 def test_conclusion_follows_the_numbers(tmp_path, rng):

@@ -118,7 +118,8 @@ class StudyConfig:
     """What the study runs; the presets below fill it for a 2-core CPU, a GPU or a smoke test.
 
     Everything that decides a result (budgets, cells, the primary comparison and its margin,
-    the encoder's learning-rate scale) is fixed here, before any run.
+    the encoder's learning-rate scale) is fixed here, before any run. ``workers``: processes that
+    split the folds between them (1: everything in this process); ``threads``: torch threads of each.
     """
 
     preset: str = "cpu"
@@ -128,6 +129,7 @@ class StudyConfig:
     model: str = "unetr-t16"
     device: str = "auto"
     threads: int | None = None
+    workers: int = 1
     folds: list[list[str]] = field(default_factory=lambda: [list(f) for f in FOLDS])
     seeds: list[int] = field(default_factory=lambda: [0])
     budgets: list[LabelBudget] = field(default_factory=default_budgets)
@@ -186,9 +188,9 @@ ARMS = ("scratch", "random", "intensity")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # 3 folds x 8 cells x 1 seed = 24 fine-tunes, 6 pretrainings, the diagnostics and table 2, sized from the
-    # pilot's CPU seconds per step for about 60 min on 2 idle cores as two 1-thread processes splitting the
-    # folds (--folds 0,2 and --folds 1; see the notes); the probe is on fold 1, the lighter process's fold
-    "cpu": {"diagnostics": {"probe_folds": [1]}},
+    # pilot's CPU seconds per step for about 60 min on 2 idle cores as three 1-thread processes, one per fold
+    # (see the notes); the last also runs table 2 and the probe sits on its fold
+    "cpu": {"threads": 1, "workers": 3, "diagnostics": {"probe_folds": [2]}},
     # the same design on 16x128x128 tiles (64 ViT tokens; too slow to fine-tune on 2 CPU cores) with
     # longer training and 3 seeds, for one GPU (not yet run on one)
     "gpu": {"device": "cuda", "model": "unetr-t16w", "seeds": [0, 1, 2], "pretrain_steps": 3000, "pretrain_batch": 32,

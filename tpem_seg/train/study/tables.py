@@ -24,6 +24,13 @@ def completeness(cfg: StudyConfig, results: Results) -> list[str]:
         done = len(cell_scores(results, c.arm, c.labels))
         if done < planned:
             missing.append(f"{arm_name(c.arm)} {c.labels}: {done} of {planned} (test volume x seed) runs")
+    if cfg.diagnostics.enabled:
+        maskings = {c.arm for c in cfg.cells if c.arm != "scratch"}
+        for table, planned_rows in (("mim-l1", len(cfg.folds) * len(maskings)), ("vit-zeroed", len(cfg.folds)),
+                                    ("probe", 2 * len(cfg.diagnostics.probe_folds))):
+            done = len(results.select(table=table))
+            if done < planned_rows:
+                missing.append(f"diagnostic {table}: {done} of {planned_rows} runs")
     return missing
 
 
