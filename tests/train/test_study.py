@@ -51,7 +51,7 @@ def test_results_are_cached_and_reloaded(tmp_path, rng):
 
 def test_primary_cells_run_first_and_unknown_budgets_are_refused():
     cfg = study_config("cpu")
-    assert cfg.ordered_cells()[:3] == [Cell("scratch", "100%"), Cell("random", "25%"), Cell("scratch", "25%")]
+    assert cfg.ordered_cells()[:3] == [Cell("scratch", "100%"), Cell("scratch", "25%"), Cell("random", "25%")]
     assert sorted(map(str, cfg.ordered_cells())) == sorted(map(str, cfg.cells))
     with pytest.raises(TpemSegError, match="label budget '50%'"):
         study_config("cpu", sets=["primary.low=50%"])

@@ -177,9 +177,10 @@ class StudyConfig:
             raise TpemSegError(f"equivalence margin {self.primary.margin} must be in (0, 1) Dice")
 
     def ordered_cells(self) -> list[Cell]:
-        """The cells, those of the primary comparison and the gap first (scratch full, arm low, scratch low)."""
-        first = [Cell("scratch", self.primary.full), Cell(self.primary.arm, self.primary.low),
-                 Cell("scratch", self.primary.low)]
+        """The cells, those of the primary comparison and the gap first: scratch full, scratch low (neither
+        waits for a pretraining), then the primary arm low."""
+        first = [c for c in (Cell("scratch", self.primary.full), Cell("scratch", self.primary.low),
+                             Cell(self.primary.arm, self.primary.low)) if c in self.cells]
         return first + [c for c in self.cells if c not in first]
 
 

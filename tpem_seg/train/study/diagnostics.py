@@ -30,10 +30,13 @@ log = logging.getLogger(__name__)
 
 
 def run_diagnostics(cfg: StudyConfig, results: Results, specs: dict[str, VolumeSpec],
-                    encoder: Callable[[int, str], str], folds: Sequence[int]) -> None:
+                    encoder: Callable[[int, str], str], folds: Sequence[int],
+                    maskings: Sequence[str] | None = None) -> None:
     """Every diagnostic of ``folds`` not yet in the results; ``encoder(fold, masking)`` gives a pretrain
-    checkpoint. The probe runs on those of ``cfg.diagnostics.probe_folds`` among ``folds``."""
-    maskings = sorted({c.arm for c in cfg.cells if c.arm != "scratch"})
+    checkpoint; ``maskings``: the strategies whose masked L1 is measured (default: all in the cells).
+    The probe runs on those of ``cfg.diagnostics.probe_folds`` among ``folds``. Cheapest first."""
+    if maskings is None:
+        maskings = sorted({c.arm for c in cfg.cells if c.arm != "scratch"})
     for k in folds:
         _, test = fold_split(cfg, specs, k)
         for masking in maskings:
@@ -41,7 +44,6 @@ def run_diagnostics(cfg: StudyConfig, results: Results, specs: dict[str, VolumeS
             if not results.has(**key):
                 results.add({**key, **reconstruction_vs_trivial(encoder(k, masking), test, cfg.diagnostics.l1_batches,
                                                                 cfg.device, seed=k)})
-    run_probe(cfg, results, specs, encoder, folds)
     for k in folds:
         key = dict(table="vit-zeroed", fold=k, arm="scratch", labels=cfg.diagnostics.skip_labels, seed=cfg.seeds[0])
         best = finetune_dir(cfg, k, Cell("scratch", cfg.diagnostics.skip_labels), cfg.seeds[0]) / "best.pt"
@@ -51,6 +53,7 @@ def run_diagnostics(cfg: StudyConfig, results: Results, specs: dict[str, VolumeS
             log.warning("no kept scratch model at %s: the ViT-zeroed diagnostic skips fold %d", best, k)
             continue
         results.add({**key, "per_volume": score_with_vit_zeroed(cfg, best, fold_split(cfg, specs, k)[1])})
+    run_probe(cfg, results, specs, encoder, folds)
 
 
 @contextmanager

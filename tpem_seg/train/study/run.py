@@ -1,8 +1,9 @@
 """Running the study: every cell of the design in priority order, the diagnostics, table 2, the report.
 
 Order (so that a run cut short by time has the most important results): for each seed, the
-cells of the primary comparison and the gap (scratch at full labels, the primary arm and scratch
-at low labels) on every fold; then the diagnostics; then the other cells; then table 2. Each
+cells of the primary comparison and the gap (scratch at full and at low labels, then the primary
+arm at low labels) on every fold; then the diagnostics of the primary arm; then the other cells;
+then the remaining diagnostics; then table 2. Each
 masking strategy is pretrained once per fold, when a cell first needs it.
 """
 
@@ -110,13 +111,17 @@ def study_worker(cfg: StudyConfig, folds: list[int], with_sim: bool) -> None:
 def run_cells(cfg: StudyConfig, results: Results, specs: dict[str, VolumeSpec], folds: list[int]) -> None:
     encoders = Encoders(cfg, results, specs)
     cells = cfg.ordered_cells()
+    primary = sum(c in cells for c in (Cell("scratch", cfg.primary.full), Cell("scratch", cfg.primary.low),
+                                       Cell(cfg.primary.arm, cfg.primary.low)))
     for i, seed in enumerate(cfg.seeds):
-        for cell in cells[:3]:
+        for cell in cells[:primary]:
             run_cell(cfg, results, specs, encoders, cell, seed, folds)
         if i == 0 and cfg.diagnostics.enabled:
-            run_diagnostics(cfg, results, specs, encoders.get, folds)
-        for cell in cells[3:]:
+            run_diagnostics(cfg, results, specs, encoders.get, folds, [cfg.primary.arm])
+        for cell in cells[primary:]:
             run_cell(cfg, results, specs, encoders, cell, seed, folds)
+    if cfg.diagnostics.enabled:  # the masked L1 of the other strategies' encoders, now pretrained
+        run_diagnostics(cfg, results, specs, encoders.get, folds)
 
 
 class Encoders:
