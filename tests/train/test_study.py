@@ -53,6 +53,8 @@ def test_primary_cells_run_first_and_unknown_budgets_are_refused():
     cfg = study_config("cpu")
     assert cfg.ordered_cells()[:3] == [Cell("scratch", "100%"), Cell("scratch", "25%"), Cell("random", "25%")]
     assert sorted(map(str, cfg.ordered_cells())) == sorted(map(str, cfg.cells))
+    only_scratch = study_config("cpu", sets=["cells=[{arm: scratch, labels: 10%}, {arm: scratch, labels: 100%}]"])
+    assert only_scratch.ordered_cells() == [Cell("scratch", "100%"), Cell("scratch", "10%")]
     with pytest.raises(TpemSegError, match="label budget '50%'"):
         study_config("cpu", sets=["primary.low=50%"])
     with pytest.raises(TpemSegError, match="arm 'channel' unknown"):
