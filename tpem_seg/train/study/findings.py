@@ -96,14 +96,13 @@ def conclusion(cfg: StudyConfig, results: Results, vit_drop: float | None) -> li
     if not np.isfinite(primary.test["p"]):
         return ["Not enough finished runs for the primary comparison yet."]
     p = cfg.primary
-    same = {c.name: c for c in secondary_comparisons(cfg, results)}.get(f"{arm_name(p.arm)} {p.low} − scratch {p.low}")
+    secondary = {c.name: c for c in secondary_comparisons(cfg, results)}
+    same = secondary.get(f"{arm_name(p.arm)} {p.low} − scratch {p.low}")
     gaps = dict(gap_fractions(cfg, results))
     gap = gaps.get(f"{arm_name(p.arm)} {p.low}")
     t = primary.test
-    if t["equivalent"]:
-        verdict = f"supported: the 90% CI of the difference, [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}], is inside"
-    else:
-        verdict = f"not supported: the 90% CI of the difference, [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}], is not inside"
+    ci = f"the 90% CI of the difference, [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}],"
+    verdict = f"supported: {ci} is inside" if t["equivalent"] else f"not supported: {ci} is not inside"
     lines = [f"The paper's claim ({arm_name(p.arm)} pretraining + {p.low} of the labels equivalent to scratch with "
              f"{p.full}) is {verdict} ±{p.margin:g} Dice (n = {t['n']} test volumes)."]
     if same is not None and np.isfinite(same.test["p"]):

@@ -92,8 +92,8 @@ def equivalence_lines(cfg: StudyConfig, results: Results) -> list[str]:
 
 def gap_lines(cfg: StudyConfig, results: Results) -> list[str]:
     lines = ["", "### Fraction of the gap closed", "",
-             f"(pretrained − scratch) / (scratch {cfg.primary.full} − scratch), at the same label budget, over test "
-             f"volumes; 95% percentile bootstrap CI over volumes (10000 resamples). 100% closes the gap; a gap "
+             f"(pretrained − scratch) / (scratch {cfg.primary.full} − scratch), at the same label budget, over "
+             f"test volumes; 95% percentile bootstrap CI over volumes (10000 resamples). 100% closes the gap; a gap "
              f"near zero makes the fraction unstable (see the resamples without a positive gap).", "",
              "| cell | n | scratch gap to full labels | fraction closed | 95% CI | resamples without a gap |",
              "|---|---|---|---|---|---|"]
@@ -110,21 +110,22 @@ def pilot_lines(cfg: StudyConfig, results: Results) -> list[str]:
     if not rows and not pre:
         return ["", "## Pilot", "", "No pilot recorded in these results (`tpem-seg train study --pilot`)."]
     lines = ["", "## Pilot: fine-tuning length and cost", "",
-             f"Run before the study (`tpem-seg train study --preset {cfg.preset} --pilot`): scratch, {cfg.pilot_labels} "
-             f"of the labels of fold 0's training volumes but one, whole schedules of each length, scored on the "
-             f"held-out training volume (no test volume is looked at). CPU seconds estimate an idle 1-thread run on "
-             f"a shared machine.", "",
+             f"Run before the study (`tpem-seg train study --preset {cfg.preset} --pilot`): scratch, "
+             f"{cfg.pilot_labels} of the labels of fold 0's training volumes but one, whole schedules of each "
+             f"length, scored on the held-out training volume (no test volume is looked at). CPU seconds "
+             f"estimate an idle 1-thread run on a shared machine.", "",
              "| steps | held-out volume | Dice | train s/step (wall) | train CPU s/step | evaluation s (wall) |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        held = r["held_out"]
-        lines.append(f"| {r['steps']} | {held} | {r['per_volume'][held][METRIC]:.3f} | "
-                     f"{r['train_seconds'] / r['steps']:.2f} | {r.get('train_cpu_seconds', float('nan')) / r['steps']:.2f}"
-                     f" | {r['eval_seconds']:.0f} |")
+        held, steps = r["held_out"], r["steps"]
+        cpu = r.get("train_cpu_seconds", float("nan")) / steps
+        lines.append(f"| {steps} | {held} | {r['per_volume'][held][METRIC]:.3f} | {r['train_seconds'] / steps:.2f} | "
+                     f"{cpu:.2f} | {r['eval_seconds']:.0f} |")
     for r in pre:
+        cpu = r.get("cpu_seconds", float("nan")) / r["steps"]
         lines.append(f"\nPretraining pilot, {r['arm']} masking: {r['steps']} steps x {cfg.pretrain_batch} tiles, "
-                     f"{r['seconds'] / r['steps']:.2f} s/step wall, {r.get('cpu_seconds', float('nan')) / r['steps']:.2f} "
-                     f"CPU s/step (including loading and simulating its volumes).")
+                     f"{r['seconds'] / r['steps']:.2f} s/step wall, {cpu:.2f} CPU s/step (including loading and "
+                     f"simulating its volumes).")
     return lines
 
 
