@@ -9,6 +9,7 @@ import pytest
 from tpem_seg.errors import TpemSegError
 from tpem_seg.train.config import VolumeSpec
 from tpem_seg.train.study import FOLDS, Cell, Results, study_config, unit_scores, vesselnn_specs, write_report
+from tpem_seg.train.study.findings import secondary_comparisons
 
 pytest.importorskip("torch")
 
@@ -78,6 +79,11 @@ def test_report_lists_incomplete_cells(tmp_path, rng):
     results = fake_results(tmp_path / "results.jsonl", rng, cfg, skip={("random", "10%")})
     text = write_report(cfg, results, OTSU, SPECS, 0.0).read_text()
     assert "**Incomplete**" in text and "MIM random 10%: 0 of 6" in text and "diagnostic probe: 0 of 2 runs" in text
+    # the missing comparison still counts in the Holm family of 5 (as p = 1)
+    family = {c.name: c for c in secondary_comparisons(cfg, results)}
+    assert len(family) == 5 and np.isnan(family["MIM random 10% − scratch 10%"].p_holm)
+    finite = sorted(c.test["p"] for c in family.values() if np.isfinite(c.test["p"]))
+    assert min(c.p_holm for c in family.values() if np.isfinite(c.p_holm)) == pytest.approx(min(1.0, 5 * finite[0]))
 
 
 def test_conclusion_follows_the_numbers(tmp_path, rng):

@@ -71,7 +71,7 @@ def equivalence_lines(cfg: StudyConfig, results: Results) -> list[str]:
              f"Margin ±{cfg.primary.margin:g} Dice, fixed in the preset before the runs. Equivalence: TOST "
              f"(two one-sided t-tests, level 0.05), equivalent when the 90% CI lies inside the margin. The "
              f"primary comparison is not corrected; the secondary ones (every other row) are Holm-corrected as "
-             f"one family.", "",
+             f"one family of {len(secondary)}, the planned one: a comparison that did not run counts as p = 1.", "",
              "| comparison | role | n | mean diff | CI | p | Holm p | result |", "|---|---|---|---|---|---|---|---|"]
     for role, c in [("primary", primary)] + [("secondary", s) for s in secondary]:
         t = c.test
