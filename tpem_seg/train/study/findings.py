@@ -117,13 +117,15 @@ def conclusion(cfg: StudyConfig, results: Results, vit_drop: float | None) -> li
                      f"(mean Dice difference {d['mean_diff']:+.3f}, 95% CI [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}], "
                      f"dz = {d['dz']:+.2f}, Holm-adjusted p = {same.p_holm:.3g}).")
     if gap and np.isfinite(gap["fraction"]):
-        lines.append(f"It closes {gap['fraction']:.0%} of the {gap['gap']:.3f}-Dice gap between scratch at {p.low} "
-                     f"and at {p.full} (95% bootstrap CI {gap['ci_low']:.0%} to {gap['ci_high']:.0%}, over "
-                     f"{gap['n']} volumes).")
+        share = (f"It closes {gap['fraction']:.0%} of" if gap["fraction"] >= 0 else
+                 f"It closes none of it: its share is {gap['fraction']:.0%} (below scratch at the same labels) of")
+        lines.append(f"{share} the {gap['gap']:.3f}-Dice gap between scratch at {p.low} and at {p.full} (95% "
+                     f"bootstrap CI {gap['ci_low']:.0%} to {gap['ci_high']:.0%}, over {gap['n']} volumes).")
     elif gap:
         lines.append(f"The gap between scratch at {p.low} and at {p.full} is {gap['gap']:+.3f} Dice: no positive "
                      f"gap for pretraining to close, so more labels did not help at this training length.")
     if vit_drop is not None:
         lines.append(f"Zeroing the ViT's outputs in the trained scratch models changes their Dice by {vit_drop:+.3f} "
-                     f"on average (table \"ViT zeroed\"): that is all the ViT contributes to them.")
+                     f"on average (table \"ViT zeroed\"): that much of their Dice comes through the ViT; the rest "
+                     f"comes from the decoder's convolutional path on the raw input.")
     return lines
