@@ -173,7 +173,7 @@ def evaluate_command(
 
 @train_app.command("study")
 def study_command(
-    preset: str = typer.Option("cpu", "--preset", help="smoke (minutes) | cpu (~75 min, 2 cores) | gpu"),
+    preset: str = typer.Option("cpu", "--preset", help="smoke (minutes) | cpu (~60 min, 2 idle cores) | gpu"),
     data: Optional[Path] = typer.Option(None, "--data", help="the vesselnn_2pm folder [default: "
                                         "../shared/data/vesselnn_2pm]"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="work folder, results are cached there [default: "
@@ -183,14 +183,27 @@ def study_command(
     device: Optional[str] = DEVICE,
     seeds: Optional[str] = typer.Option(None, "--seeds", help="comma-separated seeds, e.g. 0,1,2"),
     sets: Optional[List[str]] = SETS,
+    folds: Optional[str] = typer.Option(None, "--folds", help="run only these folds, e.g. 0,2 (processes sharing "
+                                        "--out can split the folds; the report covers all)"),
+    pilot: bool = typer.Option(False, "--pilot", help="run only the pilot (fine-tuning length, cost per run)"),
+    report_only: bool = typer.Option(False, "--report-only", help="train nothing: write the report from the "
+                                     "finished runs"),
 ) -> None:
     """Run the label-efficiency study (all arms, cached per run) and write its markdown report."""
-    from tpem_seg.train.study import run_study, study_config
+    from tpem_seg.train.study import Results, run_pilot, run_study, study_config, study_specs
 
     cfg = study_config(preset, data=data and str(data), out=out and str(out), doc=doc and str(doc), device=device,
                        seeds=seeds, sets=sets or ())
     with training_logs():
-        report = run_study(cfg)
+        if pilot:
+            rows = run_pilot(cfg, Results(Path(cfg.out) / "results.jsonl"), study_specs(cfg))
+            for row in sorted(rows, key=lambda r: r["steps"]):
+                typer.echo(f"pilot: {row['steps']} steps: held-out Dice "
+                           f"{row['per_volume'][row['held_out']]['dice/vessel']:.4f}, "
+                           f"{row['train_cpu_seconds'] / row['steps']:.2f} CPU s/step", err=True)
+            return
+        chosen = parse_numbers(folds, "--folds", kind=int, example="0,2") if folds else None
+        report = run_study(cfg, report_only=report_only, folds=chosen)
     typer.echo(f"report: {report}", err=True)
 
 

@@ -51,6 +51,11 @@ register(ModelSpec(
     "tiny for thin anisotropic stacks and quick training: ViT hidden 96, 16x64x64 tiles",
 ))
 register(ModelSpec(
+    "unetr-t16w",
+    UNETRConfig(tile=(16, 128, 128), hidden_size=96, mlp_dim=192, num_heads=4, feature_size=8),
+    "tiny with wider tiles: unetr-t16 on 16x128x128 tiles (64 ViT tokens instead of 16); the label-efficiency study",
+))
+register(ModelSpec(
     "unetr-test",
     UNETRConfig(tile=(16, 32, 32), hidden_size=32, mlp_dim=64, num_heads=2, feature_size=4),
     "test-size: ViT hidden 32, 16x32x32 tiles; only for unit tests",

@@ -1,117 +1,160 @@
-"""Running the study: pretrain each masking strategy once per fold, fine-tune every arm, score the test volumes."""
+"""Running the study: every cell of the design in priority order, the diagnostics, table 2, the report.
+
+Order (so that a run cut short by time has the most important results): for each seed, the
+cells of the primary comparison and the gap (scratch at full and at low labels, then the primary
+arm at low labels) on every fold; then the diagnostics of the primary arm; then the other cells;
+then the remaining diagnostics; then table 2. Each
+masking strategy is pretrained once per fold, when a cell first needs it.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from tpem_seg.errors import TpemSegError
-from tpem_seg.train.config import FinetuneConfig, PretrainConfig, VolumeSpec
-from tpem_seg.train.study.design import StudyConfig, cropped_specs, simulated_specs, vesselnn_specs
+from tpem_seg.train.config import VolumeSpec
+from tpem_seg.train.study.arms import finetune_and_score, finetune_config, finetune_dir, fold_split, \
+    pretrain_config, pretrain_once, vessel_pretrain_config
+from tpem_seg.train.study.design import Cell, LabelBudget, StudyConfig, cropped_specs, simulated_specs, \
+    vesselnn_specs
+from tpem_seg.train.study.diagnostics import run_diagnostics
 from tpem_seg.train.study.report import write_report
 from tpem_seg.train.study.results import Results
+from tpem_seg.util import atomic
 
 log = logging.getLogger(__name__)
 
 
-def run_study(cfg: StudyConfig) -> Path:
-    """Run every arm not yet in the results, then write the report; returns its path."""
-    started = time.perf_counter()
-    out = Path(cfg.out)
-    results = Results(out / "results.jsonl")
+def study_specs(cfg: StudyConfig) -> dict[str, VolumeSpec]:
+    """The labelled real volumes (cropped for the smoke preset), checked against the folds."""
     specs = vesselnn_specs(cfg.data)
     if cfg.max_yx:
-        specs = cropped_specs(specs, cfg.max_yx, out / "crops")
+        specs = cropped_specs(specs, cfg.max_yx, Path(cfg.out) / "crops")
     unknown = sorted({n for fold in cfg.folds for n in fold} - set(specs))
     if unknown:
         raise TpemSegError(f"fold volumes {unknown} are not in {cfg.data}/volumes.csv; fix the folds")
-    for k, test in enumerate(cfg.folds):
-        train = [specs[n] for n in specs if n not in test]
-        run_fold(cfg, results, k, train, [specs[n] for n in test])
+    return specs
+
+
+def run_study(cfg: StudyConfig, report_only: bool = False, folds: Sequence[int] | None = None) -> Path:
+    """Run every run not yet in the results (none with ``report_only``), then write the report.
+
+    ``folds``: run only these folds (indices into ``cfg.folds``; default all), so that processes
+    sharing the work folder can split the folds between them; each appends to the same results
+    and the report covers every fold.
+    """
+    started = time.perf_counter()
+    out = Path(cfg.out)
+    results = Results(out / "results.jsonl")
+    specs = study_specs(cfg)
     otsu = otsu_scores(specs.values(), out / "otsu.json")
-    if cfg.sim.enabled:
-        run_sim_table(cfg, results)
+    active = list(range(len(cfg.folds))) if folds is None else list(folds)
+    unknown = sorted(set(active) - set(range(len(cfg.folds))))
+    if unknown:
+        raise TpemSegError(f"folds {unknown} do not exist; the study has folds 0-{len(cfg.folds) - 1}")
+    if report_only:
+        pass
+    elif folds is None and cfg.workers > 1:
+        run_workers(cfg)
+    else:
+        run_cells(cfg, results, specs, active)
+        if cfg.sim.enabled:
+            run_sim_table(cfg, results)
     seconds = time.perf_counter() - started
-    doc = write_report(cfg, results, otsu, specs, seconds)
+    # read again: other processes may have added rows meanwhile
+    doc = write_report(cfg, Results(results.path), otsu, specs, seconds)
     log.info("study done in %.1f min; report %s", seconds / 60, doc)
     return doc
 
 
-def run_fold(cfg: StudyConfig, results: Results, k: int, train: list[VolumeSpec], test: list[VolumeSpec]) -> None:
-    """Pretrain per masking strategy on the fold's training volumes, then every fine-tuning arm."""
-    out = Path(cfg.out)
-    unlabelled = [replace(s, labels=None) for s in train]  # pretraining never sees labels or test volumes
-    encoders = {arm: pretrain_once(cfg, pretrain_config(cfg, unlabelled, arm, out / "pretrain" / f"fold{k}-{arm}"),
-                                   results, "vesselnn", k)
-                for arm in cfg.arms if arm != "scratch"}
-    for seed in cfg.seeds:
-        for fraction in cfg.fractions:
-            for arm in cfg.arms:
-                key = dict(table="vesselnn", fold=k, arm=arm, fraction=fraction, seed=seed)
-                if results.has(**key):
-                    continue
-                ft = finetune_config(cfg, train, encoders.get(arm), fraction, seed,
-                                     out / "finetune" / f"fold{k}-{arm}-{fraction:g}-s{seed}")
-                results.add({**key, **finetune_and_score(cfg, ft, test)})
+def run_workers(cfg: StudyConfig) -> None:
+    """Split the folds between ``cfg.workers`` processes (round robin; the last also runs table 2) and
+    wait for all. Each appends to the shared results as its runs finish. On 2 shared cores, 1-thread
+    processes side by side get more done than one process with 2 threads (see the notes)."""
+    import multiprocessing
+
+    n = min(cfg.workers, len(cfg.folds))
+    groups = [list(range(len(cfg.folds)))[i::n] for i in range(n)]
+    context = multiprocessing.get_context("spawn")  # torch and fork do not mix
+    workers = [context.Process(target=study_worker, args=(cfg, group, i == n - 1), name=f"study-folds-{group}")
+               for i, group in enumerate(groups)]
+    for w in workers:
+        w.start()
+    try:
+        for w in workers:
+            w.join()
+    finally:
+        for w in workers:  # on an interrupt: stop the others too
+            if w.is_alive():
+                w.terminate()
+                w.join()
+    failed = [w.name for w in workers if w.exitcode != 0]
+    if failed:
+        raise TpemSegError(f"study worker(s) {failed} failed; see their log above, fix and rerun (finished runs "
+                           f"are kept)")
 
 
-def pretrain_config(cfg: StudyConfig, volumes: list[VolumeSpec], masking: str, out: Path, in_channels: int = 1,
-                    steps: int | None = None, mask_space: str = "auto") -> PretrainConfig:
-    return PretrainConfig(model=cfg.model, in_channels=in_channels, train=volumes, masking=masking,
-                          mask_ratio=cfg.mask_ratio, mask_patch=cfg.mask_patch, mask_space=mask_space,
-                          steps=steps or cfg.pretrain_steps, batch_size=cfg.pretrain_batch, lr=cfg.pretrain_lr,
-                          warmup_steps=cfg.warmup_steps, device=cfg.device, threads=cfg.threads, seed=0,
-                          out=str(out), progress=False, log_every=max(1, (steps or cfg.pretrain_steps) // 5))
+def study_worker(cfg: StudyConfig, folds: list[int], with_sim: bool) -> None:
+    """One worker process: its folds' cells and diagnostics, and table 2 if ``with_sim``."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s folds {folds} %(name)s: %(message)s")
+    results = Results(Path(cfg.out) / "results.jsonl")
+    run_cells(cfg, results, study_specs(cfg), folds)
+    if with_sim and cfg.sim.enabled:
+        run_sim_table(cfg, results)
 
 
-def finetune_config(cfg: StudyConfig, train: list[VolumeSpec], pretrained: str | None, fraction: float, seed: int,
-                    out: Path, **changes) -> FinetuneConfig:
-    base = FinetuneConfig(model=cfg.model, in_channels=1, train=train, pretrained=pretrained,
-                          label_fraction=fraction, label_unit=cfg.label_unit, region_size=cfg.region_size,
-                          steps=cfg.finetune_steps, batch_size=cfg.finetune_batch, lr=cfg.finetune_lr,
-                          warmup_steps=cfg.warmup_steps, device=cfg.device, threads=cfg.threads, seed=seed,
-                          out=str(out), progress=False, log_every=max(1, cfg.finetune_steps // 5))
-    return replace(base, **changes)
+def run_cells(cfg: StudyConfig, results: Results, specs: dict[str, VolumeSpec], folds: list[int]) -> None:
+    encoders = Encoders(cfg, results, specs)
+    cells = cfg.ordered_cells()
+    primary = sum(c in cells for c in (Cell("scratch", cfg.primary.full), Cell("scratch", cfg.primary.low),
+                                       Cell(cfg.primary.arm, cfg.primary.low)))
+    for i, seed in enumerate(cfg.seeds):
+        for cell in cells[:primary]:
+            run_cell(cfg, results, specs, encoders, cell, seed, folds)
+        if i == 0 and cfg.diagnostics.enabled:
+            run_diagnostics(cfg, results, specs, encoders.get, folds, [cfg.primary.arm])
+        for cell in cells[primary:]:
+            run_cell(cfg, results, specs, encoders, cell, seed, folds)
+    if cfg.diagnostics.enabled:  # the masked L1 of the other strategies' encoders, now pretrained
+        run_diagnostics(cfg, results, specs, encoders.get, folds)
 
 
-def pretrain_once(cfg: StudyConfig, pc: PretrainConfig, results: Results, table: str, fold: int) -> str:
-    """Pretrain unless a finished checkpoint of the same run exists; record its loss and time."""
-    from tpem_seg.models.checkpoint import load_checkpoint
-    from tpem_seg.train.pretrain import pretrain
+class Encoders:
+    """Each masking strategy's encoder per fold, pretrained on first use (and cached on disk)."""
 
-    path = Path(pc.out) / "last.pt"
-    key = dict(table=f"{table}-pretrain", fold=fold, arm=pc.masking, fraction=None, seed=pc.seed)
-    if path.is_file() and results.has(**key) and load_checkpoint(path).extra.get("step") == pc.steps:
-        return str(path)
-    started = time.perf_counter()
-    pretrain(pc)
-    loss = load_checkpoint(path).meta["metrics"]["masked_l1"]
-    results.add({**key, "masked_l1": loss, "seconds": time.perf_counter() - started})
-    return str(path)
+    def __init__(self, cfg: StudyConfig, results: Results, specs: dict[str, VolumeSpec]):
+        self.cfg, self.results, self.specs = cfg, results, specs
+        self.paths: dict[tuple[int, str], str] = {}
+
+    def get(self, fold: int, masking: str) -> str:
+        if (fold, masking) not in self.paths:
+            train, _ = fold_split(self.cfg, self.specs, fold)
+            pc = vessel_pretrain_config(self.cfg, train, masking, Path(self.cfg.out) / "pretrain" /
+                                        f"fold{fold}-{masking}")
+            self.paths[(fold, masking)] = pretrain_once(pc, self.results, "vesselnn", fold)
+        return self.paths[(fold, masking)]
 
 
-def finetune_and_score(cfg: StudyConfig, ft: FinetuneConfig, test: list[VolumeSpec]) -> dict:
-    """Fine-tune, segment the test volumes, score them; the checkpoint is removed unless kept."""
-    from tpem_seg.train import engine
-    from tpem_seg.train.evaluate import evaluate_checkpoint, labelled_volume, load_segmentation_model
-    from tpem_seg.train.finetune import finetune
-
-    started = time.perf_counter()
-    best = finetune(ft)
-    trained = time.perf_counter() - started
-    device = engine.resolve_device(cfg.device)
-    model, ckpt = load_segmentation_model(best, device)
-    volumes = [labelled_volume(s, ft.binary_labels, len(ft.classes)) for s in test]
-    scores = evaluate_checkpoint(model, ckpt, volumes, device, cfg.eval_overlap, cfg.eval_batch)
-    if not cfg.keep_checkpoints:
-        shutil.rmtree(ft.out, ignore_errors=True)  # only the scores matter here; 8-25 MB a run
-    return {"per_volume": scores.per_volume, "train_seconds": trained,
-            "eval_seconds": time.perf_counter() - started - trained}
+def run_cell(cfg: StudyConfig, results: Results, specs: dict[str, VolumeSpec], encoders: Encoders, cell: Cell,
+             seed: int, folds: list[int]) -> None:
+    """One cell on each of ``folds``: fine-tune (from scratch or the fold's encoder), score the test volumes."""
+    budget = cfg.budget(cell.labels)
+    for k in folds:
+        key = dict(table="vesselnn", fold=k, arm=cell.arm, labels=cell.labels, seed=seed)
+        if results.has(**key):
+            continue
+        train, test = fold_split(cfg, specs, k)
+        pretrained = None if cell.arm == "scratch" else encoders.get(k, cell.arm)
+        # the scratch models of the skip diagnostic are kept for it
+        keep = cell.arm == "scratch" and cell.labels == cfg.diagnostics.skip_labels and seed == cfg.seeds[0]
+        ft = finetune_config(cfg, train, pretrained, budget, seed, finetune_dir(cfg, k, cell, seed))
+        results.add({**key, "fraction": budget.fraction, "unit": budget.unit,
+                     **finetune_and_score(cfg, ft, test, keep=keep)})
 
 
 def otsu_scores(specs: Iterable[VolumeSpec], cache: Path) -> dict[str, dict[str, float]]:
@@ -129,28 +172,29 @@ def otsu_scores(specs: Iterable[VolumeSpec], cache: Path) -> dict[str, dict[str,
         pred = otsu_labels(image) == 1
         scores[spec.name] = {"dice/vessel": dice(pred, truth), "cldice/vessel": cldice(pred, truth)}
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(scores, indent=2))
+    atomic.write_text(cache, json.dumps(scores, indent=2))  # processes splitting the folds may race here
     return scores
 
 
 def run_sim_table(cfg: StudyConfig, results: Results) -> None:
     """Table 2: pretrain (random / channel-separated, input-space masks) on simulated two-channel volumes,
-    fine-tune with 25% of the labels, score vessel and neuron Dice on held-out simulated volumes."""
+    fine-tune with a share of the labels, score vessel and neuron Dice on held-out simulated volumes."""
     sim = cfg.sim
     out = Path(cfg.out) / "sim"
     train, test, extra = simulated_specs(sim, out / "volumes")
     unlabelled = [replace(s, labels=None) for s in train + extra]
-    encoders = {arm: pretrain_once(cfg, pretrain_config(cfg, unlabelled, arm, out / f"pretrain-{arm}", in_channels=2,
-                                                        steps=sim.pretrain_steps, mask_space="input"),
+    encoders = {arm: pretrain_once(pretrain_config(cfg, unlabelled, arm, out / f"pretrain-{arm}", in_channels=2,
+                                                   steps=sim.pretrain_steps, mask_space="input", model=sim.model),
                                    results, "sim", 0)
                 for arm in sim.arms if arm != "scratch"}
+    budget = LabelBudget(f"{sim.fraction:.0%}", sim.fraction)
     for seed in cfg.seeds:
         for arm in sim.arms:
-            key = dict(table="sim", fold=0, arm=arm, fraction=sim.fraction, seed=seed)
+            key = dict(table="sim", fold=0, arm=arm, labels=budget.name, seed=seed)
             if results.has(**key):
                 continue
-            ft = finetune_config(cfg, train, encoders.get(arm), sim.fraction, seed, out / f"finetune-{arm}-s{seed}",
-                                 in_channels=2, classes=["background", "vessel", "neuron"], binary_labels=False,
-                                 region_size=sim.region_size, steps=sim.finetune_steps,
-                                 log_every=max(1, sim.finetune_steps // 5))
+            ft = finetune_config(cfg, train, encoders.get(arm), budget, seed, out / f"finetune-{arm}-s{seed}",
+                                 model=sim.model, in_channels=2, classes=["background", "vessel", "neuron"],
+                                 binary_labels=False, region_size=sim.region_size, steps=sim.finetune_steps,
+                                 batch_size=sim.finetune_batch, log_every=max(1, sim.finetune_steps // 5))
             results.add({**key, **finetune_and_score(cfg, ft, test)})
