@@ -52,5 +52,7 @@ def test_freed_tensors_stay_in_the_heap():
 
 
 def test_user_settings_are_left_alone(monkeypatch):
+    for name in USER_SETTINGS:  # others may be set already (dask's nanny sets MALLOC_TRIM_THRESHOLD_)
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libjemalloc.so")
     assert keep_freed_memory() == "left as is: set by LD_PRELOAD" or not GLIBC
