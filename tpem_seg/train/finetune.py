@@ -82,7 +82,7 @@ def _finetune(config: FinetuneConfig, dist: engine.DistInfo, in_memory: Sequence
     ddp_model = engine.wrap_ddp(model, dist)
     if dist.is_main:
         log.info("fine-tuning %s (%.2fM parameters, %s) on %d volume(s), label fraction %.2f by %s: %d steps of "
-                 "%d x %d x %d patches", config.model, sum(p.numel() for p in model.parameters()) / 1e6,
+                 "%d patches (batch) x %d (accumulation) x %d (processes)", config.model, sum(p.numel() for p in model.parameters()) / 1e6,
                  "pretrained encoder" if config.pretrained else "from scratch", len(volumes), config.label_fraction,
                  config.label_unit, config.steps, config.batch_size, config.grad_accum, dist.world_size)
 

@@ -66,7 +66,8 @@ def _pretrain(config: PretrainConfig, dist: engine.DistInfo, in_memory: Sequence
     ddp_model = engine.wrap_ddp(model, dist)
     if dist.is_main:
         log.info("pretraining %s (%s encoder, %.2fM parameters) on %d volume(s): %s masking, ratio %.2f, "
-                 "mask patch %s in %s space, %d steps of %d x %d x %d patches",
+                 "mask patch %s in %s space, %d steps of %d patches (batch) x %d "
+                 "(accumulation) x %d (processes)",
                  config.model, "x".join(map(str, tile)), sum(p.numel() for p in model.parameters()) / 1e6,
                  len(volumes), config.masking, config.mask_ratio, "x".join(map(str, config.mask_patch)),
                  mask_space, config.steps, config.batch_size, config.grad_accum, dist.world_size)
