@@ -148,6 +148,7 @@ def test_folder_named_like_a_tiff(cli, tmp_path):
     (["--spacing", "0,1,1"], "voxel size"), (["--spacing", "5,-1,1"], "voxel size"),
     (["--channels", "1"], "channel"), (["--channels", "0,0"], "distinct"), (["--channels", "-1"], "distinct"),
     (["--batch-size", "0"], "batch size"),
+    (["--pyramid", "2"], "name the output .zarr"), (["--pyramid", "0"], "--pyramid"),
 ], ids=lambda v: v if isinstance(v, str) else " ".join(v))
 def test_options_out_of_range(cli, stack, tmp_path, option, word):
     out = tmp_path / "labels.tif"

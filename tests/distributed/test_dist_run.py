@@ -44,6 +44,7 @@ def test_distributed_output_equals_one_segmenter_run(package_2ch, client, zarr_i
     got = np.asarray(read_volume(dst).data)
     np.testing.assert_array_equal(got, expected)  # bit for bit, float16 probabilities too
     assert summary.extra["blocks"] == 12 and summary.extra["workers"] == 2
+    assert 50 < summary.extra["worker_peak_rss_mb"] < 4096  # a Python process with ONNX Runtime, one small block
     assert summary.tiles > single.tiles  # tiles at block edges run in both neighbours
     assert not resumable_name(dst).exists()
     assert not (dst / ".tpem-run" / "done").exists() and (dst / ".tpem-run" / "manifest.json").is_file()
@@ -225,12 +226,20 @@ def test_a_resampled_volume_thinner_than_a_tile_equals_one_run(client, tmp_path)
 
 
 def test_the_cli_runs_on_a_local_cluster_and_ends_with_the_summary_line(package_2ch, zarr_input, tmp_path, cli):
-    expected, _ = reference(package_2ch, volume())
+    import zarr
+
+    with Segmenter(package_2ch, **ORT) as seg:  # the streaming writer's pyramid, on one machine
+        seg.segment_file(zarr_input, tmp_path / "one.zarr", pyramid=3)
     result = cli(["run", str(zarr_input), "-o", str(tmp_path / "out.zarr"), "--cluster", "local:2", "--model",
                   str(package_2ch.path), "--backend", "onnxruntime", "--device", "cpu", "--block", "8,40,48",
-                  "--json", str(tmp_path / "run.json")])
+                  "--pyramid", "3", "--json", str(tmp_path / "run.json")])
     assert result.exit_code == 0, result.stderr
-    np.testing.assert_array_equal(np.asarray(read_volume(tmp_path / "out.zarr").data), expected)
+    one, out = (zarr.open_group(str(tmp_path / name), mode="r") for name in ("one.zarr", "out.zarr"))
+    np.testing.assert_array_equal(out["0"][:], reference(package_2ch, volume())[0])
+    for level in ("0", "1", "2"):  # levels 1 and 2 filled chunk by chunk by tasks after the blocks
+        np.testing.assert_array_equal(out[level][:], one[level][:])
+    assert out.attrs["ome"]["multiscales"][0]["datasets"] == one.attrs["ome"]["multiscales"][0]["datasets"]
+    assert_valid_ome_zarr(tmp_path / "out.zarr", "labels")
     assert result.stderr.strip().splitlines()[-1].startswith(f"{tmp_path / 'out.zarr'}: 20x70x90 voxels in ")
     assert "in 12 blocks" in result.stderr
     record = json.loads((tmp_path / "run.json").read_text())

@@ -356,3 +356,21 @@ def test_unknown_compression(tmp_path, one_line, suffix, codec):
         open_writer(tmp_path / f"out{suffix}", (2, 4, 4), np.uint8, "ZYX", compression=codec)
     one_line(err)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_zarr_takes_blocks_in_any_order_and_refuses_an_incomplete_cover(tmp_path, rng):
+    labels = _labels(rng)  # (7, 12, 14)
+    boxes = [((0, 7), (6, 12), (0, 14)), ((0, 7), (0, 6), (7, 14)), ((0, 7), (0, 6), (0, 7))]
+    with open_writer(tmp_path / "l.zarr", labels.shape, labels.dtype, "ZYX", label_names=CLASSES) as writer:
+        for box in boxes:
+            writer.write_block(box, labels[tuple(slice(lo, hi) for lo, hi in box)])
+    np.testing.assert_array_equal(np.asarray(read_volume(tmp_path / "l.zarr").data), labels)
+    writer = open_writer(tmp_path / "part.zarr", labels.shape, labels.dtype, "ZYX")
+    writer.write_block(boxes[0], labels[:, 6:, :])
+    with pytest.raises(ValueError, match="blocks of"):
+        writer.commit()
+    assert not (tmp_path / "part.zarr").exists()
+    with open_writer(tmp_path / "l.tif", labels.shape, labels.dtype, "ZYX") as tif:
+        with pytest.raises(ValueError, match="z-slabs"):
+            tif.write_block(boxes[0], labels[:, 6:, :])
+        tif.write(labels)

@@ -53,15 +53,29 @@ def test_blocks_equal_one_pass_bit_for_bit(package_2ch, output, shape):
     assert summary.extra["blocks"] > 1 and summary.extra["redundancy"] > 1.0
 
 
-def test_segment_file_by_blocks_equals_the_array_run(package_2ch, tmp_path):
+@pytest.mark.parametrize("out", ["out.tif", "out.zarr"])  # rows of blocks as z-slabs; each block as it is done
+def test_segment_file_by_blocks_equals_the_array_run(package_2ch, tmp_path, out):
     volume = np.random.default_rng(12).integers(0, 4000, (2, 18, 50, 70), dtype=np.uint16)
     write_volume(tmp_path / "in.tif", volume, "CZYX")
     with Segmenter(package_2ch, backend="onnxruntime", device="cpu", block="off") as seg:
         expected = seg.segment(volume, axes="CZYX")
     with Segmenter(package_2ch, backend="onnxruntime", device="cpu", block=(10, 32, 40)) as seg:
-        summary = seg.segment_file(tmp_path / "in.tif", tmp_path / "out.tif")
-    np.testing.assert_array_equal(np.asarray(read_volume(tmp_path / "out.tif").data), expected)
+        summary = seg.segment_file(tmp_path / "in.tif", tmp_path / out)
+    np.testing.assert_array_equal(np.asarray(read_volume(tmp_path / out).data), expected)
     assert "blocks" in summary.line()
+
+
+def test_a_zarr_output_written_by_blocks_has_the_pyramid_of_a_slab_run(package_2ch, tmp_path):
+    import zarr
+
+    write_volume(tmp_path / "in.tif", np.random.default_rng(13).integers(0, 4000, (2, 12, 45, 61), np.uint16),
+                 "CZYX")
+    for name, block in (("slabs.zarr", "off"), ("blocks.zarr", (6, 16, 32))):
+        with Segmenter(package_2ch, backend="onnxruntime", device="cpu", output="probabilities", block=block) as seg:
+            seg.segment_file(tmp_path / "in.tif", tmp_path / name, pyramid=3)
+    slabs, blocks = (zarr.open_group(str(tmp_path / n), mode="r") for n in ("slabs.zarr", "blocks.zarr"))
+    for level in ("0", "1", "2"):
+        np.testing.assert_array_equal(blocks[level][:], slabs[level][:])
 
 
 def test_block_setting_is_checked(package_2ch):

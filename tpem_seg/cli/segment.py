@@ -78,6 +78,8 @@ def run(
                                                   "options for slurm/lsf (cores, memory, queue, walltime, jobs...)"),
     resume: bool = typer.Option(False, "--resume", help="with --cluster: continue the stopped run of -o "
                                 "(refused when the model, options or input differ)"),
+    pyramid: int = typer.Option(1, "--pyramid", help="OME-Zarr output (.zarr): pyramid levels in all, for "
+                                "viewers (level n halves y and x n times; z kept); 1: full resolution alone"),
 ) -> None:
     """Segment volumes; write uint8 labels (or probabilities) with the input's voxel size."""
     from tpem_seg.cli.run_helpers import UNCERTAINTY_TEMPLATE, JsonLines, expand_inputs, output_paths, run_record
@@ -101,6 +103,12 @@ def run(
             typer.echo(f"{dst}: exists, skipped", err=True)
     if not jobs:
         return
+    if pyramid < 1:
+        raise InputError(f"--pyramid {pyramid}: give the number of pyramid levels in all, 1 (full resolution "
+                         "alone) or more")
+    if pyramid > 1 and any(d.suffix.lower() != ".zarr" for _, d, _ in jobs):
+        raise InputError(f"--pyramid {pyramid} writes OME-Zarr pyramid levels; name the output .zarr (in a folder: "
+                         "--name-template '{name}_labels.zarr')")
     if resume and cluster is None:
         raise InputError("--resume continues a distributed run; add --cluster (e.g. --cluster local:2)")
     if cluster is not None and uncertainty is not None:
@@ -124,7 +132,8 @@ def run(
                                   output="probabilities" if probabilities else "labels", channels=channel_list,
                                   resample=resample, block=block, axes=axes, spacing=spacing_t, resume=resume,
                                   progress=sys.stderr.isatty() if progress is None else progress,
-                                  overlap=overlap, batch_size=batch_size, tta=tta, skip_empty=skip_empty)
+                                  pyramid=pyramid, overlap=overlap, batch_size=batch_size, tta=tta,
+                                  skip_empty=skip_empty)
         typer.echo(f"{dst}: {summary.line()}", err=True)
         spacing_in = spacing_t or read_volume(src, axes=axes).spacing
         used = package.manifest.spacing if summary.resampled or spacing_in is None else spacing_in
@@ -147,7 +156,8 @@ def run(
         manifest, package_sha = segmenter.package.manifest, sha256_file(segmenter.package.path / "manifest.json")
         try:
             for src, dst, spread in jobs:
-                summary = segmenter.segment_file(src, dst, axes=axes, spacing=spacing_t, uncertainty=spread)
+                summary = segmenter.segment_file(src, dst, axes=axes, spacing=spacing_t, uncertainty=spread,
+                                                 pyramid=pyramid)
                 typer.echo(f"{dst}: {summary.line()}", err=True)
                 spacing_in = spacing_t or read_volume(src, axes=axes).spacing
                 used = manifest.spacing if summary.resampled or spacing_in is None else spacing_in

@@ -50,7 +50,7 @@ def run_distributed(src: str | os.PathLike, dst: str | os.PathLike, model, *, cl
                     block: Sequence[int] | str = "auto", axes: str | None = None,
                     spacing: Sequence[float] | None = None, resume: bool = False, retries: int = RETRIES,
                     progress: bool = False, on_block: Callable[[BlockResult], None] | None = None,
-                    **tile_options) -> RunSummary:
+                    pyramid: int = 1, **tile_options) -> RunSummary:
     """Segment ``src`` into the OME-Zarr ``dst`` on a dask cluster; bit-identical to a Segmenter run.
 
     Args:
@@ -67,6 +67,8 @@ def run_distributed(src: str | os.PathLike, dst: str | os.PathLike, model, *, cl
         resume: continue the stopped run of ``dst`` (its manifest must match this run's).
         retries: attempts per block beyond the first (a killed worker's blocks run again).
         on_block: called on the driver with each block's result as it completes.
+        pyramid: OME-Zarr pyramid levels in all (level n halves y and x n times), for viewers; the
+            levels above 0 are filled chunk by chunk by tasks once every block is done.
 
     Returns:
         The run's :class:`~tpem_seg.runtime.segmenter.RunSummary` (tiles summed over every block,
@@ -84,6 +86,8 @@ def run_distributed(src: str | os.PathLike, dst: str | os.PathLike, model, *, cl
     if dst.suffix.lower() != ".zarr":
         raise OutputError(f"{dst}: a distributed run writes OME-Zarr, whose chunks workers fill in any order; "
                           "name the output .zarr")
+    if int(pyramid) < 1:
+        raise OutputError(f"{dst}: {pyramid} pyramid levels; give 1 (level 0 alone) or more")
     package = model if isinstance(model, ModelPackage) else open_package(model)
     requested = BackendSpec(backend, device, precision, backend_options or {})
     planning = _planning_backend(requested, package)
@@ -91,7 +95,7 @@ def run_distributed(src: str | os.PathLike, dst: str | os.PathLike, model, *, cl
                           block=block, **tile_options)
     volume = read_volume(src, axes=axes, spacing=spacing)
     inputs = segmenter.prepare(volume)
-    spec, grid = _spec(segmenter, inputs, src, dst, requested, planning, axes, spacing)
+    spec, grid = _spec(segmenter, inputs, src, dst, requested, planning, axes, spacing, int(pyramid))
     manifest = spec.manifest(grid)
     with OutputLock(dst):
         store, done = _open_store(spec, manifest, dst, volume, segmenter, resume)
@@ -105,8 +109,6 @@ def run_distributed(src: str | os.PathLike, dst: str | os.PathLike, model, *, cl
         else:
             with connect(cluster, gpu) as own:
                 _run(own, spec, todo, results, retries, gpu, progress, on_block, store)
-        if set(store.done()) != set(range(spec.n_blocks)):
-            raise RuntimeError(f"{store.folder}: blocks finished without their done-markers")
         store.publish(dst)
     return _summary(spec, inputs, results, planning, time.perf_counter() - started, len(done))
 
@@ -127,7 +129,8 @@ def _planning_backend(requested: BackendSpec, package):
     return backend_class(spec.name)(package, device=spec.device, precision=spec.precision, **spec.options)
 
 
-def _spec(segmenter, inputs, src, dst, requested: BackendSpec, planning, axes, spacing) -> tuple[RunSpec, dict]:
+def _spec(segmenter, inputs, src, dst, requested: BackendSpec, planning, axes, spacing,
+          levels: int) -> tuple[RunSpec, dict]:
     settings = segmenter.settings
     tiles = {**dataclasses.asdict(settings.tiles), "batch_size": settings.tiles.batch_size or planning.default_batch_size()}
     shape = inputs.volume.shape_zyx
@@ -140,7 +143,7 @@ def _spec(segmenter, inputs, src, dst, requested: BackendSpec, planning, axes, s
                                                                                    "manifest.json"),
                    backend=backend, output=settings.output, channels=settings.channels, resample=settings.resample,
                    tiles=tiles, low=tuple(float(v) for v in norm.low), high=tuple(float(v) for v in norm.high),
-                   clip=bool(norm.clip), shape=shape, block=block, n_blocks=n_blocks(shape, block))
+                   clip=bool(norm.clip), shape=shape, block=block, n_blocks=n_blocks(shape, block), levels=levels)
     grid = {"tile": inputs.grid.tile, "overlap": settings.tiles.overlap, "padded": inputs.grid.padded,
             "tiles": inputs.grid.n_tiles, "source_shape": inputs.grid.shape, "resampled": inputs.resampled}
     return spec, grid
@@ -178,7 +181,7 @@ def _open_store(spec: RunSpec, manifest: dict, dst: Path, volume, segmenter, res
     if resume:
         log.warning("%s has no stopped run to resume; starting it", dst)
     layout = _output_layout(spec, volume, segmenter)
-    return BlockStore.create(dst, manifest=manifest, **layout), {}
+    return BlockStore.create(dst, manifest=manifest, levels=spec.levels, **layout), {}
 
 
 def _with_store(spec: RunSpec, store: BlockStore) -> RunSpec:
@@ -188,12 +191,47 @@ def _with_store(spec: RunSpec, store: BlockStore) -> RunSpec:
 
 def _run(client, spec: RunSpec, todo: list[int], results: dict[int, BlockResult], retries: int, gpu: bool,
          progress: bool, on_block, store: BlockStore) -> None:
+    """The blocks not done yet, then the pyramid levels above 0 (again in full on a resume: each
+    chunk task rewrites its chunk from the level below, so a repeated one changes nothing)."""
+    if todo:  # a resumed run whose blocks were all done has nothing to load on the workers
+        _run_blocks(client, spec, todo, results, retries, gpu, progress, on_block, store)
+    if set(store.done()) != set(range(spec.n_blocks)):
+        raise RuntimeError(f"{store.folder}: blocks finished without their done-markers")
+    for level in range(1, spec.levels):
+        _fill_level(client, spec, level, retries, progress)
+
+
+def _fill_level(client, spec: RunSpec, level: int, retries: int, progress: bool) -> None:
+    """Pyramid ``level`` of the output, one task per chunk (each reads its 2x2 chunks of the level below)."""
+    from distributed import as_completed
+
+    from tpem_seg.io.pyramid import fill_chunk, level_chunks
+
+    attempt = secrets.token_hex(3)
+    labels = spec.output == "labels"
+    futures = [client.submit(fill_chunk, spec.store, level, box, labels, retries=retries, pure=False,
+                             key=f"tpem-pyramid-{spec.run_id}-{attempt}-{level}-{i}")
+               for i, box in enumerate(level_chunks(spec.store, level))]
+    with tqdm(total=len(futures), unit="chunk", desc=f"pyramid level {level}", disable=not progress) as bar:
+        try:
+            for future in as_completed(futures):
+                future.result()
+                bar.update(1)
+        except BaseException as err:
+            client.cancel(futures)
+            kept = f"every block is kept in {spec.store}; run the same command with --resume to finish the pyramid"
+            if isinstance(err, Terminated):
+                err.outcome = kept
+            log.warning("stopped while filling pyramid level %d: %s", level, kept)
+            raise
+
+
+def _run_blocks(client, spec: RunSpec, todo: list[int], results: dict[int, BlockResult], retries: int,
+                gpu: bool, progress: bool, on_block, store: BlockStore) -> None:
     from distributed import as_completed
 
     from tpem_seg.distributed.worker import BackendPlugin, run_block
 
-    if not todo:  # a resumed run whose blocks were all done: nothing to load on the workers
-        return
     client.register_plugin(BackendPlugin(spec))
     attempt = secrets.token_hex(3)
     resources = {GPU_RESOURCE: 1} if gpu else None
@@ -234,7 +272,8 @@ def _summary(spec: RunSpec, inputs, results: dict[int, BlockResult], planning, s
     summary.extra.update(blocks=spec.n_blocks, block=spec.block, redundancy=round(tiles / inputs.grid.n_tiles, 4),
                          batch_size=spec.tiles["batch_size"], resumed_blocks=resumed,
                          busy_seconds=round(sum(r.seconds for r in ran), 3),
-                         workers=len({r.worker for r in ran}), backend=dict(spec.backend))
+                         workers=len({r.worker for r in ran}), backend=dict(spec.backend),
+                         worker_peak_rss_mb=max((r.peak_rss_mb for r in ran), default=0), levels=spec.levels)
     if spec.tiles["skip_empty"]:
         summary.extra["skipped_tiles"] = sum(r.skipped for r in results.values())
     return summary

@@ -32,7 +32,8 @@ class RunSpec:
     dict (threads are the worker's own); output, channels, resample, tiles: the run's settings
     (tiles: :class:`~tpem_seg.runtime.settings.TileOptions` fields, batch size fixed by the driver so
     every worker makes the same network calls); low, high, clip: the normaliser fitted once on the
-    driver; shape: the output's ``(Z, Y, X)``; block: the block core ``(z, y, x)``; n_blocks: how many.
+    driver; shape: the output's ``(Z, Y, X)``; block: the block core ``(z, y, x)``; n_blocks: how many;
+    levels: the output's OME-Zarr pyramid levels (level 0 from the blocks, the others after them).
     """
 
     run_id: str
@@ -53,6 +54,7 @@ class RunSpec:
     shape: tuple[int, int, int]
     block: tuple[int, int, int]
     n_blocks: int
+    levels: int = 1
 
     @property
     def normalizer(self) -> Normalizer:
@@ -99,8 +101,9 @@ def _plain(value: Any) -> Any:
 @dataclass
 class BlockResult:
     """What one block did: index; tiles computed and of them skipped as empty; seconds busy on the
-    worker; output voxels; the backend's description; the worker's address; whether it was already
-    done (a retried or resumed block that returned at once)."""
+    worker; output voxels; the backend's description; the worker's address; the worker process's peak
+    resident memory so far in MB (Linux's VmHWM: what a block costs a worker, whatever the
+    volume's size); whether it was already done (a retried or resumed block that returned at once)."""
 
     index: int
     tiles: int
@@ -109,6 +112,7 @@ class BlockResult:
     voxels: int
     backend: str
     worker: str = ""
+    peak_rss_mb: int = 0
     already_done: bool = False
 
     def to_dict(self) -> dict[str, Any]:

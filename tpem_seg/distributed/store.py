@@ -60,14 +60,15 @@ class BlockStore:
 
     @classmethod
     def create(cls, final: Path, shape: tuple[int, ...], dtype: np.dtype, axes: str, spacing, channel_names,
-               label_names, chunks: tuple[int, ...], manifest: dict[str, Any]) -> "BlockStore":
-        """Lay out an empty output under ``final``'s resumable name (replacing a stopped run there)."""
+               label_names, chunks: tuple[int, ...], manifest: dict[str, Any], levels: int = 1) -> "BlockStore":
+        """Lay out an empty output of ``levels`` pyramid levels under ``final``'s resumable name
+        (replacing a stopped run there)."""
         store = cls.partial_of(final)
         atomic.remove(store.folder)
         try:
             store.folder.mkdir()
             create_zarr_image(store.folder, Path(final), shape, np.dtype(dtype), axes, spacing, channel_names or [],
-                              label_names or [], chunks)
+                              label_names or [], chunks, levels=levels)
             atomic.write_text(store.folder / RUN_FOLDER / "manifest.json", json.dumps(manifest, indent=1))
         except OSError as err:
             raise OutputError(f"cannot create {store.folder} ({err.strerror or err}); check the folder's "

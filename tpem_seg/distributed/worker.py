@@ -22,6 +22,7 @@ from distributed import WorkerPlugin, get_worker
 from tpem_seg.distributed.spec import BlockResult, RunSpec
 from tpem_seg.distributed.store import BlockStore
 from tpem_seg.errors import InputError
+from tpem_seg.runtime.bench.memory import HostMemory
 from tpem_seg.runtime.blocks import block_core
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,8 @@ def run_block(spec: RunSpec, index: int) -> dict:
     voxels = 1
     for lo, hi in core:
         voxels *= hi - lo
+    peak_mb = round(HostMemory().peak_mb() or 0)
     result = BlockResult(index, state.tiles, state.skipped, time.perf_counter() - started, voxels,
-                         segmenter.backend.describe(), worker.address)
+                         segmenter.backend.describe(), worker.address, peak_mb)
     store.mark_done(index, result.to_dict())
     return result.to_dict()

@@ -44,6 +44,7 @@ from tpem_seg.errors import OutputError
 from tpem_seg.io._lazy import page_releaser
 from tpem_seg.io._meta import VOXEL_SIZE_KEY, Spacing, class_rgb, valid_spacing
 from tpem_seg.io._zarr import is_zarr_folder, level_shape, ome_attributes
+from tpem_seg.io.pyramid import fill_chunk, halve_yx, level_chunks
 from tpem_seg.io.space import check_free_space, disk_full_error, is_disk_full
 from tpem_seg.util.partials import OutputLock
 from tpem_seg.io.readers import sidecar_path
@@ -108,6 +109,7 @@ class VolumeWriter:
         self.levels = levels
         self.properties = dict(properties or {})
         self._z = 0
+        self._block_voxels = 0
         self._state = "open"
         self._temps: list[tuple[Path, Path]] = []  # (temporary, final), published in this order
         self._lock = OutputLock(path)
@@ -147,6 +149,10 @@ class VolumeWriter:
 
     # -- public protocol ---------------------------------------------------------------------------
 
+    #: Whether :meth:`write_block` may put boxes anywhere, in any order (chunked formats); the
+    #: others take z-slabs in order.
+    takes_blocks = False
+
     def write(self, block: Any) -> None:
         """Append the next z-slab: ``(dz, Y, X)`` for ZYX, ``(C, dz, Y, X)`` for CZYX.
 
@@ -154,21 +160,48 @@ class VolumeWriter:
             ValueError: wrong shape, a dtype that cannot be cast safely, or past the last plane.
             OutputError: the disk refused the data (full, removed...).
         """
-        if self._state != "open":
-            raise RuntimeError(f"the writer for {self.path} is already {self._state}")
+        self._check_open()
         slab = self._as_czyx(np.asarray(block))
         dz = slab.shape[1]
         if self._z + dz > self.shape_zyx[0]:
             raise ValueError(f"slab of {dz} planes at z={self._z} overruns the {self.shape_zyx[0]} planes "
                              f"of {self.path}")
+        self._guarded(self._write_slab, slab, self._z)
+        self._z += dz
+
+    def write_block(self, core: Sequence[tuple[int, int]], block: Any) -> None:
+        """Write the box ``core`` (``(lo, hi)`` per axis z, y, x): ``(dz, dy, dx)`` for ZYX,
+        ``(C, dz, dy, dx)`` for CZYX. Instead of :meth:`write`, where :attr:`takes_blocks`: every voxel
+        once, boxes in any order; the output is complete when they cover the volume.
+
+        Raises:
+            ValueError: a box outside the volume or of another shape than ``block``, or a format
+                that takes z-slabs only.
+            OutputError: the disk refused the data.
+        """
+        self._check_open()
+        if not self.takes_blocks:
+            raise ValueError(f"{self.path}: this format is written in z-slabs (write), not in blocks")
+        box = tuple((int(lo), int(hi)) for lo, hi in core)
+        data = self._as_czyx(np.asarray(block), box)
+        if any(lo < 0 or hi > n for (lo, hi), n in zip(box, self.shape_zyx)):
+            raise ValueError(f"block {box} lies outside the {self.shape_zyx} voxels of {self.path}")
+        self._guarded(self._write_box, data, box)
+        self._block_voxels += int(np.prod(data.shape[1:]))
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise RuntimeError(f"the writer for {self.path} is already {self._state}")
+
+    def _guarded(self, write: Any, *args: Any) -> None:
+        """``write(*args)``, a disk's refusal turned into OutputError."""
         try:
-            self._write_slab(slab, self._z)
+            write(*args)
         except OSError as err:
             if is_disk_full(err, self.path.absolute().parent, self.nbytes):
                 raise disk_full_error(self.path, self.nbytes) from err
             raise OutputError(f"cannot write {self.path} ({err.strerror or err}); "
                               "check free disk space and that the folder still exists") from err
-        self._z += dz
 
     def commit(self) -> Path:
         """Finish the file and rename it to its final name; returns that path.
@@ -180,7 +213,10 @@ class VolumeWriter:
         if self._state != "open":
             raise RuntimeError(f"the writer for {self.path} was aborted")
         try:
-            if self._z != self.shape_zyx[0]:
+            voxels = int(np.prod(self.shape_zyx))
+            if self._block_voxels and self._block_voxels != voxels:
+                raise ValueError(f"blocks of {self._block_voxels} of {voxels} voxels were written to {self.path}")
+            if not self._block_voxels and self._z != self.shape_zyx[0]:
                 raise ValueError(f"only {self._z} of {self.shape_zyx[0]} planes were written to {self.path}")
             self._finish()
             self._publish()
@@ -233,6 +269,10 @@ class VolumeWriter:
         """Write ``slab`` ``(C, dz, Y, X)`` (C=1 for ZYX) at planes ``z0:z0+dz``."""
         raise NotImplementedError
 
+    def _write_box(self, data: np.ndarray, box: tuple[tuple[int, int], ...]) -> None:
+        """Write ``data`` ``(C, dz, dy, dx)`` at the voxels ``box`` (formats that take blocks)."""
+        raise NotImplementedError
+
     def _finish(self) -> None:
         """Flush and close: the output is complete under its temporary name(s)."""
         raise NotImplementedError
@@ -243,13 +283,15 @@ class VolumeWriter:
 
     # -- helpers -----------------------------------------------------------------------------------
 
-    def _as_czyx(self, block: np.ndarray) -> np.ndarray:
-        """``block`` checked against the writer's shape and dtype, as ``(C, dz, Y, X)``."""
+    def _as_czyx(self, block: np.ndarray, box: tuple[tuple[int, int], ...] | None = None) -> np.ndarray:
+        """``block`` checked against the writer's shape (a slab of whole planes, or the voxels of
+        ``box``) and dtype, as ``(C, dz, Y, X)``."""
         expected_ndim = len(self.axes)
-        tail = self.shape[1:] if self.axes == "ZYX" else self.shape[2:]
+        tail = self.shape_zyx[1:] if box is None else tuple(hi - lo for lo, hi in box)
         head_ok = self.axes == "ZYX" or (block.ndim == 4 and block.shape[0] == self.shape[0])
-        if block.ndim != expected_ndim or tuple(block.shape[-2:]) != tuple(tail[-2:]) or not head_ok:
-            want = "(dz, Y, X)" if self.axes == "ZYX" else "(C, dz, Y, X)"
+        fits = tuple(block.shape[-2:]) == tuple(tail[-2:]) and (box is None or block.shape[-3] == tail[0])
+        if block.ndim != expected_ndim or not fits or not head_ok:
+            want = ("(dz, Y, X)" if self.axes == "ZYX" else "(C, dz, Y, X)") if box is None else f"box {box}"
             raise ValueError(f"block of shape {block.shape} does not fit {self.path}: expected {want} "
                              f"with {self.axes} shape {self.shape}")
         if block.dtype != self.dtype:
@@ -479,8 +521,10 @@ class ZarrVolumeWriter(VolumeWriter):
     napari-ome-zarr open them as a labels layer with one colour per class.
     """
 
+    takes_blocks = True
+
     def _open(self) -> None:
-        temp = self._reserve(self.path, folder=True)
+        temp = self._folder = self._reserve(self.path, folder=True)
         self._chunks = zarr_chunks(self.shape, self.dtype)
         self._arrays = create_zarr_image(temp, self.path, self.shape, self.dtype, self.axes, self.spacing,
                                          self.channel_names, self.label_names, self._chunks, self.compression,
@@ -502,7 +546,7 @@ class ZarrVolumeWriter(VolumeWriter):
         level_slab = held[:, :n]
         for level, array in enumerate(self._arrays):
             if level:
-                level_slab = _halve_yx(level_slab, labels=bool(self.label_names))
+                level_slab = halve_yx(level_slab, labels=bool(self.label_names))
             if self.axes == "ZYX":
                 array[z0:z0 + n] = level_slab[0]
             else:
@@ -510,9 +554,21 @@ class ZarrVolumeWriter(VolumeWriter):
         self._pending = [held[:, n:].copy()] if n < held.shape[1] else []
         self._pending_z0 = z0 + n
 
+    def _write_box(self, data: np.ndarray, box: tuple[tuple[int, int], ...]) -> None:
+        # level 0 only: the levels above are filled from it once every block is in (_finish)
+        index = tuple(slice(lo, hi) for lo, hi in box)
+        if self.axes == "ZYX":
+            self._arrays[0][index] = data[0]
+        else:
+            self._arrays[0][(slice(None), *index)] = data
+
     def _finish(self) -> None:
         if self._pending:
             self._flush(everything=True)
+        if self._block_voxels:
+            for level in range(1, self.levels):
+                for box in level_chunks(self._folder, level):
+                    fill_chunk(self._folder, level, box, labels=bool(self.label_names))
 
     def _discard(self) -> None:
         self._pending = []
@@ -546,19 +602,6 @@ def create_zarr_image(folder: Path, final: Path, shape: tuple[int, ...], dtype: 
     if properties:
         group.attrs[PROPERTIES_KEY] = dict(properties)
     return arrays
-
-
-def _halve_yx(slab: np.ndarray, labels: bool) -> np.ndarray:
-    """The next pyramid level of ``(C, dz, Y, X)``: every other voxel for labels, 2x2 means otherwise."""
-    if labels:  # class indices cannot be averaged
-        return slab[..., ::2, ::2]
-    y, x = slab.shape[-2:]
-    padded = np.pad(slab, [(0, 0), (0, 0), (0, y % 2), (0, x % 2)], mode="edge")
-    c, dz, py, px = padded.shape
-    means = padded.reshape(c, dz, py // 2, 2, px // 2, 2).mean(axis=(3, 5), dtype=np.float32)
-    if slab.dtype.kind in "iu":
-        means = np.rint(means)
-    return means.astype(slab.dtype)
 
 
 def zarr_chunks(shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:

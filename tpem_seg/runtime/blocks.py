@@ -175,8 +175,10 @@ def output_array(output: str, n_classes: int, shape: Sequence[int]) -> np.ndarra
 
 def run_blocks(engine, source, grid: TilePlan, normalizer: Normalizer, channels: Sequence[int] | None,
                output: str, block: Sequence[int], sink, state, out_shape: Sequence[int] | None = None,
-               progress: bool = False) -> int:
-    """Run ``source`` block by block; ``sink(first_plane, slab)`` gets each row of blocks' output.
+               progress: bool = False, block_sink=None) -> int:
+    """Run ``source`` block by block; ``sink(first_plane, slab)`` gets each row of blocks' output, or,
+    given ``block_sink``, ``block_sink(core, output)`` each block's as it is done (for a chunked
+    output: then no row is held, and memory is set by the block alone).
 
     Args:
         engine: a :class:`~tpem_seg.runtime.engine.TileEngine`; grid: the global plan over ``source``.
@@ -189,7 +191,7 @@ def run_blocks(engine, source, grid: TilePlan, normalizer: Normalizer, channels:
         state: the run's :class:`~tpem_seg.runtime.engine.RunState`; counts every tile computed.
 
     Returns the number of blocks. A row spans whole planes of the output (``block[0]`` of them),
-    so it is what the output writer takes; nothing else scales with the plane.
+    so it is what a z-slab writer takes; nothing else scales with the plane.
     """
     shape = tuple(out_shape) if out_shape is not None else grid.shape
     head = OutputHead(engine.activation, output)
@@ -197,13 +199,19 @@ def run_blocks(engine, source, grid: TilePlan, normalizer: Normalizer, channels:
     with tqdm(total=n_blocks(shape, block), unit="block", desc="segment", disable=not progress, leave=False) as bar:
         for row in block_cores(shape, block):
             (z_lo, z_hi) = row[0][0]
-            slab = output_array(output, engine.n_classes, (z_hi - z_lo, *shape[1:]))
+            slab = None if block_sink else output_array(output, engine.n_classes, (z_hi - z_lo, *shape[1:]))
             for core in row:
-                target = slab[(Ellipsis, *(slice(lo - o, hi - o) for (lo, hi), o in zip(core, (z_lo, 0, 0))))]
+                if slab is None:
+                    target = output_array(output, engine.n_classes, [hi - lo for lo, hi in core])
+                else:
+                    target = slab[(Ellipsis, *(slice(lo - o, hi - o) for (lo, hi), o in zip(core, (z_lo, 0, 0))))]
                 run_block(engine, source, grid, normalizer, channels, output, core, target, state, out_shape, head)
+                if slab is None:
+                    block_sink(core, target)
                 count += 1
                 bar.update(1)
-            sink(z_lo, slab)
+            if slab is not None:
+                sink(z_lo, slab)
     return count
 
 

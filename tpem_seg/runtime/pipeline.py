@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -217,9 +217,10 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> None:
 
 
 class BackgroundWriter:
-    """Calls ``write(block)`` for each submitted block in a writer thread, in order."""
+    """Calls ``write(item)`` for each submitted item (an output slab or block, as the caller's
+    ``write`` takes it) in a writer thread, in order; at most ``depth`` wait."""
 
-    def __init__(self, write: Callable[[np.ndarray], None], depth: int = 2):
+    def __init__(self, write: Callable[[Any], None], depth: int = 2):
         self._write = write
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
@@ -241,9 +242,9 @@ class BackgroundWriter:
                 except BaseException as err:  # re-raised in the submitting thread
                     self._error = err
 
-    def submit(self, block: np.ndarray) -> None:
+    def submit(self, item: Any) -> None:
         self._raise_pending()
-        self._queue.put(block)
+        self._queue.put(item)
 
     def close(self) -> None:
         """Wait for all writes; re-raise the first write error."""

@@ -189,18 +189,21 @@ class Segmenter:
 
     def segment_file(self, src: str | os.PathLike, dst: str | os.PathLike, axes: str | None = None,
                      spacing: Sequence[float] | None = None,
-                     uncertainty: str | os.PathLike | None = None) -> RunSummary:
+                     uncertainty: str | os.PathLike | None = None, pyramid: int = 1) -> RunSummary:
         """Segment the volume at ``src`` into ``dst`` (.tif/.tiff, .npy or .zarr), streaming.
 
         The output carries the input's voxel size; it appears under ``dst`` only
         once complete. ``uncertainty``: also write an uncertainty map there (``(Z, Y, X)`` float32,
         the input's voxel size; its metadata say how it was measured, see :meth:`segment`).
+        ``pyramid``: OME-Zarr pyramid levels of ``dst`` in all, for viewers (level n halves y and x
+        n times; :mod:`tpem_seg.io.pyramid`).
         """
         with self._lock:
-            return self._segment_file(src, dst, axes, spacing, uncertainty)
+            return self._segment_file(src, dst, axes, spacing, uncertainty, pyramid)
 
     def _segment_file(self, src: str | os.PathLike, dst: str | os.PathLike, axes: str | None,
-                      spacing: Sequence[float] | None, uncertainty: str | os.PathLike | None) -> RunSummary:
+                      spacing: Sequence[float] | None, uncertainty: str | os.PathLike | None,
+                      pyramid: int) -> RunSummary:
         if self.settings.output == "logits":
             raise InputError("logits output is for arrays (Segmenter.segment); write labels or probabilities")
         if uncertainty is not None and os.path.abspath(uncertainty) == os.path.abspath(dst):
@@ -215,20 +218,27 @@ class Segmenter:
                 dst, shape=(k, *shape) if probabilities else shape, dtype=np.float16 if probabilities else np.uint8,
                 axes="CZYX" if probabilities else "ZYX", spacing=volume.spacing,
                 channel_names=self.package.manifest.classes if probabilities else None,
-                label_names=None if probabilities else self.package.manifest.classes))
+                label_names=None if probabilities else self.package.manifest.classes, levels=pyramid))
             spread = None if plan is None else stack.enter_context(open_writer(
                 uncertainty, shape=shape, dtype=np.float32, axes="ZYX", spacing=volume.spacing,
                 properties=plan.metadata()))
 
-            def write(block) -> None:
-                if spread is None:
-                    writer.write(block)
+            def write(item) -> None:
+                kind, *parts = item
+                if kind == "block":
+                    writer.write_block(*parts)
+                elif spread is None:
+                    writer.write(parts[0])
                 else:
-                    writer.write(block[0])
-                    spread.write(block[1])
+                    writer.write(parts[0][0])
+                    spread.write(parts[0][1])
             background = BackgroundWriter(write)
+            # a chunked output takes each block as it is done: no row of whole planes is held
+            by_block = (lambda core, block: background.submit(("block", core, block))) if writer.takes_blocks \
+                and spread is None else None
             try:
-                summary = self._segment_volume(volume, lambda first, block: background.submit(block), plan)
+                summary = self._segment_volume(volume, lambda first, block: background.submit(("slab", block)), plan,
+                                               by_block)
             except BaseException:
                 background.cancel()  # the writers then remove their partial files
                 raise
@@ -298,9 +308,11 @@ class Segmenter:
             return target, state
 
     def _segment_volume(self, volume: Volume, sink: Callable[[int, np.ndarray], None],
-                        uncertainty: UncertaintyPlan | None = None) -> RunSummary:
+                        uncertainty: UncertaintyPlan | None = None,
+                        block_sink: Callable[[Box, np.ndarray], None] | None = None) -> RunSummary:
         """Run ``volume`` through the network; ``sink(first_plane, slab)`` gets the output in z order
-        (with ``uncertainty``: ``(slab, uncertainty map)``)."""
+        (with ``uncertainty``: ``(slab, uncertainty map)``); on the block path, ``block_sink(core,
+        output)``, where given, gets each block's output instead."""
         started = time.perf_counter()
         inputs = self.prepare(volume)
         self.backend.load()
@@ -314,7 +326,8 @@ class Segmenter:
             engine.run(source, grid, inputs.normalizer, source_channels, output, sink, state, self.progress)
         else:
             extra["blocks"] = run_blocks(engine, source, grid, inputs.normalizer, source_channels, output, block,
-                                         sink, state, out_shape=inputs.out_shape, progress=self.progress)
+                                         sink, state, out_shape=inputs.out_shape, progress=self.progress,
+                                         block_sink=block_sink)
             extra["block"] = block
             extra["redundancy"] = round(state.tiles / grid.n_tiles, 4)
         summary = RunSummary(volume.shape_zyx, state.tiles, 0.0, self.backend.describe(), resampled=resampled)
