@@ -128,3 +128,16 @@ def test_streaming_resampling_matches_the_whole_volume_path(package_1ch):
         labels = seg.segment(volume, spacing=spacing)
     clear = np.abs(expected[1] - expected[0]) > 1e-5  # exact ties may go either way
     np.testing.assert_array_equal(labels[clear], expected.argmax(0)[clear])
+
+
+def test_a_strided_sample_equals_the_stride_of_whole_planes(tmp_path, monkeypatch):
+    # the normaliser's sample of wide planes is read strided (in strips when resampled), never whole planes
+    import tpem_seg.runtime.resample as resample_module
+
+    data = np.random.default_rng(5).integers(0, 4000, (4, 300, 410), dtype=np.uint16)
+    write_volume(tmp_path / "in.tif", data, "ZYX", spacing=(5.0, 0.7, 0.7))
+    volume = read_volume(tmp_path / "in.tif")
+    np.testing.assert_array_equal(volume.read_czyx(1, 3, yx_step=3), data[None, 1:3, ::3, ::3])
+    resampled = ResampledVolume(volume, (5.0, 0.994, 0.994))
+    monkeypatch.setattr(resample_module, "STRIP_VOXELS", 1000)  # many strips of 3 rows
+    np.testing.assert_array_equal(resampled.read_czyx(1, 3, yx_step=3), resampled.read_czyx(1, 3)[..., ::3, ::3])

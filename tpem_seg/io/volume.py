@@ -61,14 +61,17 @@ class Volume:
     def dtype(self) -> np.dtype:
         return np.dtype(self.data.dtype)
 
-    def read_czyx(self, z0: int = 0, z1: int | None = None, channels: Sequence[int] | None = None) -> np.ndarray:
+    def read_czyx(self, z0: int = 0, z1: int | None = None, channels: Sequence[int] | None = None,
+                  yx_step: int = 1) -> np.ndarray:
         """Read planes ``z0:z1`` as a numpy array ``(C, z1-z0, Y, X)`` in the file's dtype.
 
         Only the requested planes are read from disk (memmap/zarr slicing).
-        ``channels`` selects and orders channels (default: all).
+        ``channels`` selects and orders channels (default: all). ``yx_step``: every n-th voxel in
+        y and x (a sample of wide planes, without holding a whole plane).
         """
         z1 = self.shape_zyx[0] if z1 is None else z1
-        index = tuple(slice(z0, z1) if a == "Z" else slice(None) for a in self.axes)
+        step = slice(None, None, int(yx_step))
+        index = tuple(slice(z0, z1) if a == "Z" else step if a in "YX" else slice(None) for a in self.axes)
         block = np.asarray(self.data[index])
         order = [self.axes.index(a) for a in KNOWN_AXES if a in self.axes]
         block = np.transpose(block, order)

@@ -87,6 +87,10 @@ def _interpolate(data: np.ndarray, origin: Sequence[int], box: Box, shape_in: Se
     return out.astype(np.float32)
 
 
+#: Voxels per plane strip that :meth:`ResampledVolume.read_czyx` computes at a time for a sample.
+STRIP_VOXELS = 1 << 22
+
+
 class ResampledVolume:
     """A volume seen at another voxel size, computed box by box on read (nothing is held).
 
@@ -112,7 +116,16 @@ class ResampledVolume:
         out = interpolate(data, [a for a, _ in src], box, self.source.shape_zyx, self.shape_zyx)
         return out if channels is None else out[list(channels)]
 
-    def read_czyx(self, z0: int = 0, z1: int | None = None, channels: Sequence[int] | None = None) -> np.ndarray:
+    def read_czyx(self, z0: int = 0, z1: int | None = None, channels: Sequence[int] | None = None,
+                  yx_step: int = 1) -> np.ndarray:
+        """Planes ``z0:z1`` as ``(C, dz, Y, X)`` float32; with ``yx_step``, every n-th voxel in y and x,
+        computed in strips of rows (a sample of wide planes, without a whole plane in memory)."""
         z1 = self.shape_zyx[0] if z1 is None else z1
-        return self.read_box(((z0, z1), (0, self.shape_zyx[1]), (0, self.shape_zyx[2])), channels)
+        _, y, x = self.shape_zyx
+        if yx_step == 1:
+            return self.read_box(((z0, z1), (0, y), (0, x)), channels)
+        rows = yx_step * max(1, STRIP_VOXELS // (yx_step * x))  # a multiple of the step: strips stay aligned
+        strips = [self.read_box(((z0, z1), (y0, min(y0 + rows, y)), (0, x)), channels)[..., ::yx_step, ::yx_step]
+                  for y0 in range(0, y, rows)]
+        return np.concatenate(strips, axis=-2)
 
