@@ -118,3 +118,15 @@ def test_vesselnn_specs_read_the_voxel_size():
     specs = vesselnn_specs(folder)
     assert len(specs) == 6 and {n for fold in FOLDS for n in fold} == set(specs)
     assert specs["poon2015_plaqueVessels"].spacing == (5.0, 2.485, 2.485)
+
+
+def test_the_vit_zeroed_change_pairs_the_models_of_its_seed(tmp_path, rng):
+    from tpem_seg.train.study.tables import vit_zeroed_change
+
+    cfg = cpu_config(tmp_path, "seeds=[0,1]")
+    results = fake_results(tmp_path / "r.jsonl", rng, cfg)
+    trained = unit_scores(results, "vesselnn", "scratch", "100%", "dice/vessel")
+    for k, fold in enumerate(FOLDS):  # the diagnostic re-scores seed 0's models only: 0.1 lower
+        results.add({"table": "vit-zeroed", "fold": k, "arm": "scratch", "labels": "100%", "seed": 0,
+                     "per_volume": {v: {"dice/vessel": trained[(v, 0)] - 0.1} for v in fold}})
+    assert vit_zeroed_change(cfg, results) == pytest.approx(-0.1)

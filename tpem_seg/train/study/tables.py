@@ -9,7 +9,7 @@ from tpem_seg.train.study.design import ARMS, StudyConfig, arm_name
 from tpem_seg.train.study.findings import METRIC, cell_scores, gap_fractions, primary_comparison, \
     secondary_comparisons
 from tpem_seg.train.study.results import Results, unit_scores
-from tpem_seg.train.study.stats import mean_sd, number, paired_differences, volume_means
+from tpem_seg.train.study.stats import mean_sd, number, volume_means
 
 
 def test_volumes(cfg: StudyConfig) -> list[str]:
@@ -163,10 +163,13 @@ def diagnostics_lines(cfg: StudyConfig, results: Results) -> list[str]:
 
 
 def vit_zeroed_change(cfg: StudyConfig, results: Results) -> float | None:
-    """Mean Dice change when the ViT is zeroed, over the volumes that have both scores (None: none)."""
-    d = paired_differences(unit_scores(results, "vit-zeroed", "scratch", cfg.diagnostics.skip_labels, METRIC),
-                           unit_scores(results, "vesselnn", "scratch", cfg.diagnostics.skip_labels, METRIC))
-    return float(np.mean(list(d.values()))) if d else None
+    """Mean Dice change when the ViT is zeroed, over the (volume, seed) models that have both scores:
+    the zeroed models are those of one seed, so the trained scores of the others do not count (None:
+    none)."""
+    zeroed = unit_scores(results, "vit-zeroed", "scratch", cfg.diagnostics.skip_labels, METRIC)
+    trained = unit_scores(results, "vesselnn", "scratch", cfg.diagnostics.skip_labels, METRIC)
+    changes = [zeroed[key] - trained[key] for key in zeroed if key in trained]
+    return float(np.mean(changes)) if changes else None
 
 
 def pretrain_lines(results: Results) -> list[str]:
