@@ -233,12 +233,16 @@ class Segmenter:
                     writer.write(parts[0][0])
                     spread.write(parts[0][1])
             background = BackgroundWriter(write)
+
+            def slab_done(first: int, block) -> None:
+                background.submit(("slab", block))
+
+            def block_done(core: Box, block: np.ndarray) -> None:
+                background.submit(("block", core, block))
             # a chunked output takes each block as it is done: no row of whole planes is held
-            by_block = (lambda core, block: background.submit(("block", core, block))) if writer.takes_blocks \
-                and spread is None else None
+            by_block = block_done if writer.takes_blocks and spread is None else None
             try:
-                summary = self._segment_volume(volume, lambda first, block: background.submit(("slab", block)), plan,
-                                               by_block)
+                summary = self._segment_volume(volume, slab_done, plan, by_block)
             except BaseException:
                 background.cancel()  # the writers then remove their partial files
                 raise
