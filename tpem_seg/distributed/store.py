@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tpem_seg.errors import OutputError
+from tpem_seg.io.pyramid import box_index
 from tpem_seg.io.writers import create_zarr_image, zarr_chunks
 from tpem_seg.runtime.pipeline import Box
 from tpem_seg.util import atomic
@@ -118,7 +119,4 @@ class BlockStore:
         import zarr
 
         array = zarr.open_array(str(self.folder / "0"), mode="r+")
-        index = tuple(slice(lo, hi) for lo, hi in core)
-        if array.ndim == 4:
-            index = (slice(None), *index)
-        array[index] = data
+        array[box_index(core, array.ndim)] = data

@@ -51,12 +51,21 @@ def fill_chunk(folder: str | Path, level: int, box: Sequence[tuple[int, int]], l
     below = zarr.open_array(str(Path(folder) / str(level - 1)), mode="r")
     target = zarr.open_array(str(Path(folder) / str(level)), mode="r+")
     (z0, z1), (y0, y1), (x0, x1) = box
-    source = (slice(z0, z1), slice(2 * y0, min(2 * y1, below.shape[-2])), slice(2 * x0, min(2 * x1, below.shape[-1])))
-    if below.ndim == 4:
-        target[(slice(None), *_slices(box))] = halve_yx(below[(slice(None), *source)], labels)
-    else:
-        target[_slices(box)] = halve_yx(below[source][None], labels)[0]
+    source = ((z0, z1), (2 * y0, min(2 * y1, below.shape[-2])), (2 * x0, min(2 * x1, below.shape[-1])))
+    region = below[box_index(source, below.ndim)]
+    halved = halve_yx(region if below.ndim == 4 else region[None], labels)
+    target[box_index(box, target.ndim)] = halved if target.ndim == 4 else halved[0]
 
 
-def _slices(box: Sequence[tuple[int, int]]) -> tuple[slice, ...]:
-    return tuple(slice(lo, hi) for lo, hi in box)
+def fill_levels(folder: str | Path, levels: int, labels: bool) -> None:
+    """Fill levels ``1 .. levels - 1`` of the image at ``folder`` from level 0, chunk by chunk, in this process."""
+    for level in range(1, levels):
+        for box in level_chunks(folder, level):
+            fill_chunk(folder, level, box, labels)
+
+
+def box_index(box: Sequence[tuple[int, int]], ndim: int) -> tuple[slice, ...]:
+    """The index of the spatial ``box`` (``(lo, hi)`` per axis z, y, x) in a ZYX (``ndim`` 3) or CZYX
+    (4, every channel) array."""
+    index = tuple(slice(lo, hi) for lo, hi in box)
+    return (slice(None), *index) if ndim == 4 else index

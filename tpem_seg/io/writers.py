@@ -44,7 +44,7 @@ from tpem_seg.errors import OutputError
 from tpem_seg.io._lazy import page_releaser
 from tpem_seg.io._meta import VOXEL_SIZE_KEY, Spacing, class_rgb, valid_spacing
 from tpem_seg.io._zarr import is_zarr_folder, level_shape, ome_attributes
-from tpem_seg.io.pyramid import fill_chunk, halve_yx, level_chunks
+from tpem_seg.io.pyramid import box_index, fill_levels, halve_yx
 from tpem_seg.io.space import check_free_space, disk_full_error, is_disk_full
 from tpem_seg.util.partials import OutputLock
 from tpem_seg.io.readers import sidecar_path
@@ -556,19 +556,14 @@ class ZarrVolumeWriter(VolumeWriter):
 
     def _write_box(self, data: np.ndarray, box: tuple[tuple[int, int], ...]) -> None:
         # level 0 only: the levels above are filled from it once every block is in (_finish)
-        index = tuple(slice(lo, hi) for lo, hi in box)
-        if self.axes == "ZYX":
-            self._arrays[0][index] = data[0]
-        else:
-            self._arrays[0][(slice(None), *index)] = data
+        ndim = len(self.axes)
+        self._arrays[0][box_index(box, ndim)] = data if ndim == 4 else data[0]
 
     def _finish(self) -> None:
         if self._pending:
             self._flush(everything=True)
         if self._block_voxels:
-            for level in range(1, self.levels):
-                for box in level_chunks(self._folder, level):
-                    fill_chunk(self._folder, level, box, labels=bool(self.label_names))
+            fill_levels(self._folder, self.levels, labels=bool(self.label_names))
 
     def _discard(self) -> None:
         self._pending = []
